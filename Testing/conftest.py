@@ -1,0 +1,54 @@
+"""Shared fixtures. The cache goes to a temporary folder so tests never touch ~/.cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    os.environ["SAMFUSION_CACHE_DIR"] = str(tmp_path_factory.mktemp("samfusion-cache"))
+    os.environ.setdefault("SAMFUSION_DEVICE", "cpu")
+    yield
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``; missing data fails under CI=true (never a silent skip) and skips elsewhere."""
+    from SAMFusionLib.shared_data import shared_data_dir
+
+    root = shared_data_dir()
+    if not (root / "abdomen_ct").is_dir():
+        message = f"shared data not found at {root} (set SAMFUSION_SHARED_DATA)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A randomly initialised small SAM (the demo architecture), seeded."""
+    import torch
+
+    from SAMFusionLib.models import build_sam, from_module, load_table
+
+    torch.manual_seed(0)
+    return from_module(build_sam(load_table().architectures["samfusion_tiny"]), "tiny-random", "samfusion_tiny")
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    """The embedded demo model, loaded through the model table exactly as users get it."""
+    from SAMFusionLib.models import load_model
+
+    return load_model(device="cpu")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
