@@ -92,6 +92,14 @@ def cmd_segment(args) -> int:
     return 0
 
 
+def cmd_fuse(args) -> int:
+    from .fusion_io import fuse_files
+
+    fuse_files(args.a, args.b, args.out, args.levels, args.mask_a, args.mask_b, args.base, args.threshold, args.normalize)
+    print(json.dumps({"out": str(args.out)}))
+    return 0
+
+
 def cmd_weights(args) -> int:
     from .models import import_weights, load_table
     from .weights import ensure_cached
@@ -161,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", type=Path, required=True, help="mask: .png (0/255) or .nrrd/.nii.gz (0/1, image geometry)")
     _add_model_options(seg)
     seg.set_defaults(func=cmd_segment)
+
+    fuse = commands.add_parser("fuse", help="Laplacian-pyramid fusion of two images on the same grid")
+    fuse.add_argument("a", type=Path)
+    fuse.add_argument("b", type=Path)
+    fuse.add_argument("--out", type=Path, required=True, help="float image (.nrrd, .nii.gz, .mha) or .png (rounded to 0..255)")
+    fuse.add_argument("--levels", type=int, default=3, help="pyramid detail levels (default 3)")
+    fuse.add_argument("--mask-a", type=Path, help="SAM mask of the target in A (mask-guided fusion)")
+    fuse.add_argument("--mask-b", type=Path, help="SAM mask of the target in B")
+    fuse.add_argument("--base", default="gradient", choices=["gradient", "average", "energy"], help="base-level rule")
+    fuse.add_argument("--threshold", type=float, default=0.75, help="match-measure threshold T of the detail rule")
+    fuse.add_argument("--normalize", default="auto", choices=["auto", "none", "percentile"])
+    fuse.set_defaults(func=cmd_fuse)
 
     weights = commands.add_parser("weights", help="list, download (SHA256-checked) or import model weights")
     weights.add_argument("action", choices=["list", "download", "import"])

@@ -41,11 +41,13 @@ def mask_iou(logits, targets):
     return intersection / union.clamp(min=1)
 
 
-def sam_loss(logits, targets, iou_predictions, focal_weight: float = 20.0, dice_weight: float = 1.0, iou_weight: float = 1.0):
+def sam_loss(
+    logits, targets, iou_predictions, focal_weight: float = 20.0, dice_weight: float = 1.0, iou_weight: float = 1.0, focal_alpha: float = 0.25
+):
     """SAM's per-mask loss: 20 * focal + 1 * dice + MSE(predicted IoU, actual IoU); each (B,)."""
     actual_iou = mask_iou(logits.detach(), targets)
     return (
-        focal_weight * focal_loss(logits, targets)
+        focal_weight * focal_loss(logits, targets, alpha=focal_alpha)
         + dice_weight * dice_loss(logits, targets)
         + iou_weight * (iou_predictions - actual_iou) ** 2
     )

@@ -1,0 +1,72 @@
+"""SAM's losses against hand-computed values, and a short fine-tuning run that learns."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from SAMFusionLib.datasets import make_sources
+from SAMFusionLib.losses import dice_loss, focal_loss, mask_iou
+from SAMFusionLib.models import build_sam, load_table
+from SAMFusionLib.prompts_sim import correction_click, jittered_box, simulate
+from SAMFusionLib.training import TrainConfig, evaluate, train, validation_set
+
+
+def test_focal_loss_by_hand():
+    logits = torch.tensor([[0.0, 2.0, -1.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0]])
+    expected = []
+    for z, y in ((0.0, 1), (2.0, 0), (-1.0, 0)):
+        p = 1 / (1 + math.exp(-z))
+        p_t = p if y == 1 else 1 - p
+        alpha_t = 0.25 if y == 1 else 0.75
+        expected.append(-alpha_t * (1 - p_t) ** 2 * math.log(p_t))
+    assert focal_loss(logits, targets).item() == pytest.approx(sum(expected) / 3, rel=1e-5)
+    without_alpha = [e / a for e, a in zip(expected, (0.25, 0.75, 0.75), strict=True)]
+    assert focal_loss(logits, targets, alpha=-1).item() == pytest.approx(sum(without_alpha) / 3, rel=1e-5)
+
+
+def test_dice_loss_by_hand():
+    logits = torch.tensor([[[20.0, 20.0], [-20.0, -20.0]]])
+    targets = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    # p ~ (1, 1, 0, 0): |X∩Y| = 1, |X| = 2, |Y| = 2 -> 1 - (2 + 1) / (4 + 1)
+    assert dice_loss(logits, targets).item() == pytest.approx(0.4, abs=1e-6)
+    assert dice_loss(logits, (logits > 0).float()).item() == pytest.approx(0.0, abs=1e-6)
+    assert mask_iou(logits, targets).item() == pytest.approx(1 / 3)
+
+
+def test_simulated_prompts_lie_on_the_target(rng):
+    mask = np.zeros((60, 80), bool)
+    mask[20:40, 30:55] = True
+    for _ in range(20):
+        prompt = simulate(mask, rng)
+        if prompt["points"] is not None:
+            for (x, y), label in zip(prompt["points"], prompt["labels"], strict=True):
+                assert mask[int(y), int(x)] == bool(label)
+        if prompt["box"] is not None:
+            x0, y0, x1, y1 = prompt["box"]
+            assert x0 <= x1 and y0 <= y1 and abs(x0 - 30) <= 20 and abs(y1 - 39) <= 20
+    box = jittered_box(mask, np.random.default_rng(0), fraction=0.0)
+    assert box.tolist() == [30, 20, 54, 39]
+    predicted = mask.copy()
+    predicted[20:40, 30:40] = False  # a missed part -> a positive click inside it
+    (x, y), label = correction_click(predicted, mask, rng)
+    assert label == 1 and 30 <= x < 40 and 20 <= y < 40
+
+
+def test_short_training_lowers_validation_loss(tmp_path):
+    config = TrainConfig(steps=24, batch_size=4, lr=8e-4, focal_alpha=-1.0, warmup_steps=4, val_every=12, val_size=8, seed=3, device="cpu")
+    sources = make_sources(["phantom"])
+    torch.manual_seed(config.seed)
+    initial = evaluate(build_sam(load_table().architectures[config.architecture]), validation_set(sources, config), config, "cpu")
+    final = train(config, tmp_path, sources, resume=False, log=lambda _: None)
+    assert final["val_loss"] < initial["val_loss"]
+    for name in ("best.pth", "last.pt", "history.csv", "loss.png"):
+        assert (tmp_path / name).exists()
+    # Resuming continues from the saved step instead of starting again.
+    more = train(replace(config, steps=30), tmp_path, sources, resume=True, log=lambda _: None)
+    assert more["step"] == 30

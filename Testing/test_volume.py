@@ -1,0 +1,139 @@
+"""Slice-wise volume segmentation from RAS prompts: geometry in every orientation, propagation, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SAMFusionLib.errors import SamFusionError
+from SAMFusionLib.geometry import ImageGeometry, SliceAxes, roi_corners_ras
+from SAMFusionLib.io import read_volume
+from SAMFusionLib.segmenter import Segmenter
+from SAMFusionLib.volume import VolumePrompts, plan_prompts, segment_volume
+
+from .test_geometry import DIRECTIONS
+
+SHAPE_KJI = (24, 64, 72)
+SPACING = (0.8, 1.1, 2.0)  # anisotropic on purpose
+CENTER_IJK = np.array([41.0, 27.0, 11.0])  # off-centre in every axis
+RADIUS_VOX = 6.0
+
+
+def sphere_volume(direction: np.ndarray, tmp_path) -> tuple[np.ndarray, ImageGeometry, np.ndarray]:
+    """A bright ball (in voxel units) written to NRRD with ``direction`` and read back.
+
+    Returns (HU volume (k, j, i), geometry, the ball centre in RAS computed by SimpleITK).
+    """
+    k, j, i = np.mgrid[: SHAPE_KJI[0], : SHAPE_KJI[1], : SHAPE_KJI[2]]
+    ball = (i - CENTER_IJK[0]) ** 2 + (j - CENTER_IJK[1]) ** 2 + (k - CENTER_IJK[2]) ** 2 <= RADIUS_VOX**2
+    noise = np.random.default_rng(0).normal(0, 10, SHAPE_KJI)
+    hu = np.where(ball, 900.0, 40.0) + noise
+    image = sitk.GetImageFromArray(hu.astype(np.float32))
+    image.SetSpacing(SPACING)
+    image.SetOrigin((-30.0, 12.0, 100.0))
+    image.SetDirection(tuple(direction.ravel()))
+    path = tmp_path / "ball.nrrd"
+    sitk.WriteImage(image, str(path))
+    volume, geometry, _ = read_volume(path)
+    center_lps = np.array(image.TransformContinuousIndexToPhysicalPoint(tuple(CENTER_IJK)))
+    return volume, geometry, center_lps * [-1, -1, 1]
+
+
+def centroid_ijk(mask_kji: np.ndarray) -> np.ndarray:
+    k, j, i = np.nonzero(mask_kji)
+    return np.array([i.mean(), j.mean(), k.mean()])
+
+
+@pytest.mark.parametrize("name", DIRECTIONS)
+def test_point_at_physical_position_segments_the_ball_there(demo_model, tmp_path, name):
+    volume, geometry, center_ras = sphere_volume(DIRECTIONS[name], tmp_path)
+    prompts = VolumePrompts(points_ras=center_ras[None], labels=np.array([1]))
+    result = segment_volume(Segmenter(demo_model), volume, geometry, prompts, window="bone")
+    assert result.mask_kji.any()
+    centre = centroid_ijk(result.mask_kji)
+    assert np.all(np.abs(centre - CENTER_IJK) <= 0.5), f"centroid {centre} vs {CENTER_IJK}"
+    centre_ras = geometry.ijk_to_ras_points(centre)[0]
+    assert np.linalg.norm(centre_ras - center_ras) <= 0.5 * max(SPACING)
+    # Propagation followed the ball and stopped where it ends (+-1 slice for the tiny caps).
+    slices = sorted(result.slice_scores)
+    assert CENTER_IJK[2] - RADIUS_VOX - 1 <= slices[0] <= CENTER_IJK[2] - RADIUS_VOX + 2
+    assert CENTER_IJK[2] + RADIUS_VOX - 2 <= slices[-1] <= CENTER_IJK[2] + RADIUS_VOX + 1
+
+
+def test_slicing_along_another_axis_finds_the_same_ball(demo_model, tmp_path):
+    volume, geometry, center_ras = sphere_volume(DIRECTIONS["oblique"], tmp_path)
+    prompts = VolumePrompts(points_ras=center_ras[None], labels=np.array([1]))
+    result = segment_volume(Segmenter(demo_model), volume, geometry, prompts, slice_axis=1, window="bone")
+    assert np.all(np.abs(centroid_ijk(result.mask_kji) - CENTER_IJK) <= 0.5)
+    assert all(j == int(j) for j in result.slice_scores)
+
+
+def test_roi_box_per_slice_covers_exactly_the_roi_slices(demo_model, tmp_path):
+    volume, geometry, center_ras = sphere_volume(DIRECTIONS["ras_stored"], tmp_path)
+    corners_ijk = np.array([[x, y, z] for x in (33, 49) for y in (19, 35) for z in (9.2, 12.8)])
+    prompts = VolumePrompts(roi_corners_ras=geometry.ijk_to_ras_points(corners_ijk))
+    result = segment_volume(Segmenter(demo_model), volume, geometry, prompts, window="bone", propagate=False)
+    assert sorted(result.slice_scores) == [10, 11, 12]
+    assert not result.mask_kji[:10].any() and not result.mask_kji[13:].any()
+    assert result.mask_kji[11, 27, 41] == 1
+
+
+def test_box_corner_order_does_not_matter(demo_model, tmp_path):
+    volume, geometry, center_ras = sphere_volume(DIRECTIONS["lps_identity"], tmp_path)
+    corners_ijk = np.array([[x, y, z] for x in (33, 49) for y in (19, 35) for z in (10.6, 11.4)])
+    reordered = corners_ijk[::-1].copy()
+    masks = []
+    for corners in (corners_ijk, reordered):
+        prompts = VolumePrompts(roi_corners_ras=geometry.ijk_to_ras_points(corners))
+        masks.append(segment_volume(Segmenter(demo_model), volume, geometry, prompts, window="bone", propagate=False).mask_kji)
+    np.testing.assert_array_equal(masks[0], masks[1])
+
+
+GEOMETRY = ImageGeometry.from_lps((1.0, 1.0, 2.0), (0, 0, 0), np.diag([-1.0, -1.0, 1.0]), (10, 20, 30))
+
+
+@pytest.mark.parametrize(
+    "prompts, message",
+    [
+        (VolumePrompts(), "no prompts"),
+        (VolumePrompts(points_ras=np.array([[5.0, 5.0, 4.0]]), labels=np.array([0])), "only negative"),
+        (VolumePrompts(points_ras=np.array([[5.0, 5.0, 400.0]]), labels=np.array([1])), "lies outside the volume"),
+        (VolumePrompts(roi_corners_ras=roi_corners_ras([5, 5, 500], [4, 4, 4])), "ROI lies outside the volume"),
+        (VolumePrompts(roi_corners_ras=roi_corners_ras([5, 5, 5], [4, 0, 4])), "ROI is empty"),
+        (
+            VolumePrompts(points_ras=np.array([[5.0, 5.0, 16.0]]), labels=np.array([1]), roi_corners_ras=roi_corners_ras([5, 5, 4], [4, 4, 4])),
+            "outside the ROI's slices",
+        ),
+    ],
+)
+def test_unusable_prompts_are_clear_errors(prompts, message):
+    with pytest.raises(SamFusionError, match=message):
+        plan_prompts(prompts, GEOMETRY, SliceAxes(2))
+
+
+def test_point_maps_to_its_nearest_slice_and_pixel():
+    # RAS-stored identity: RAS (x, y, z) -> i = x, j = y, k = z / 2.
+    plan = plan_prompts(VolumePrompts(points_ras=np.array([[7.2, 3.9, 9.2]]), labels=np.array([1])), GEOMETRY, SliceAxes(2))
+    assert list(plan.seeds) == [5]
+    np.testing.assert_allclose(plan.seeds[5][0], [[7.2, 3.9]])
+
+
+def test_bad_volumes_are_refused(tiny_model):
+    segmenter = Segmenter(tiny_model)
+    prompts = VolumePrompts(points_ras=np.array([[5.0, 5.0, 4.0]]), labels=np.array([1]))
+    with pytest.raises(SamFusionError, match="constant"):
+        segment_volume(segmenter, np.zeros((10, 20, 30)), GEOMETRY, prompts)
+    with pytest.raises(SamFusionError, match="does not match its geometry"):
+        segment_volume(segmenter, np.ones((10, 20, 31)), GEOMETRY, prompts)
+    nan_volume = np.random.default_rng(0).random((10, 20, 30))
+    nan_volume[1, 2, 3] = np.nan
+    with pytest.raises(SamFusionError, match="NaN"):
+        segment_volume(segmenter, nan_volume, GEOMETRY, prompts)
+
+
+def test_cancel_stops_with_an_error(tiny_model):
+    volume = np.random.default_rng(0).random((10, 20, 30))
+    prompts = VolumePrompts(roi_corners_ras=roi_corners_ras([10, 10, 8], [8, 8, 8]))
+    with pytest.raises(SamFusionError, match="cancelled"):
+        segment_volume(Segmenter(tiny_model), volume, GEOMETRY, prompts, propagate=False, cancelled=lambda: True)
