@@ -92,3 +92,17 @@ def run_benchmark(pairs: list[tuple[np.ndarray, np.ndarray]] | None = None, repe
         "machine": platform.machine(),
         "methods": results,
     }
+
+
+def format_table(figures: dict) -> str:
+    """The benchmark as a Markdown table, one row per method."""
+    columns = ["EN", "SD", "SF", "MI", "Qabf", "SSIM", "ms_per_pair"]
+    lines = [
+        f"Fusion benchmark: {figures['pairs']} CT-slab / X-ray-projection pairs of {figures['size'][1]}x{figures['size'][0]} px ({figures['conventions']})",
+        "",
+        "| method | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for name, row in figures["methods"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.3f}" if c != "ms_per_pair" else f"{row[c]:.2f}" for c in columns) + " |")
+    return "\n".join(lines)

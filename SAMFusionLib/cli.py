@@ -143,6 +143,12 @@ def cmd_compare(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.what == "fuse":
+        from .bench_fusion import format_table, run_benchmark
+
+        figures = run_benchmark()
+        print(json.dumps(figures) if args.json else format_table(figures))
+        return 0
     from .bench_segment import run_benchmark
 
     figures = run_benchmark(args)
@@ -199,9 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=["segment"])
+    bench.add_argument("what", choices=["segment", "fuse"])
     bench.add_argument("--json", action="store_true", help="one line of JSON")
-    bench.add_argument("--slices", type=int, default=8, help="ROI slices to segment (>= 8)")
+    bench.add_argument("--slices", type=int, default=8, help="segment: ROI slices to segment (>= 8)")
     bench.add_argument("--batch-size", type=int, default=4)
     bench.add_argument("--random-arch", help="time a randomly initialised model of this architecture (e.g. vit_b)")
     bench.add_argument("--precision", default="fp32", help="fp32, or bf16/fp16 autocast on CUDA")

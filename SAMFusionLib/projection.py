@@ -3,7 +3,8 @@
 A parallel ray runs along one IJK axis (``SliceAxes.normal``). The projection lies in the same
 pixel frame as a slice cut along that axis: x = the lower remaining IJK axis, y = the other.
 HU become linear attenuation mu = mu_water (1 + HU / 1000), clipped at 0, with mu_water = 0.02 /mm
-(about 70 keV). The line integral sum(mu) * step_mm gives the X-ray transmission exp(-integral).
+(about 70 keV). The line integral sum(mu) * step_mm gives the X-ray transmission exp(-integral);
+radiographs display its log, i.e. the integral (``xray_image``).
 """
 
 from __future__ import annotations
@@ -31,17 +32,18 @@ def line_integral(hu_kji: np.ndarray, geometry: ImageGeometry, axis: int = 1) ->
 
 
 def xray_image(integral: np.ndarray, bone_bright: bool = True, gamma: float = 1.0) -> np.ndarray:
-    """Display an X-ray from line integrals: transmission exp(-integral), 0..255 float32.
+    """Display an X-ray from line integrals as a radiograph does: log-transmission, 0..255 float32.
 
-    ``bone_bright`` gives the usual radiograph polarity (dense = bright); False gives the inverse.
+    The detector measures transmission exp(-integral); the display chain takes its log again, so
+    the shown value is the integral itself, robustly scaled (0.5 and 99.5 percentiles) and raised
+    to ``gamma``. ``bone_bright`` gives the usual polarity (dense = bright); False inverts it.
     """
-    transmission = np.exp(-np.asarray(integral, np.float64))
-    attenuation = 1.0 - transmission if bone_bright else transmission
-    low, high = float(attenuation.min()), float(attenuation.max())
+    integral = np.asarray(integral, np.float64)
+    low, high = np.percentile(integral, (0.5, 99.5))
     if high <= low:
         raise SamFusionError("the projection is constant (empty volume?)")
-    scaled = ((attenuation - low) / (high - low)) ** gamma
-    return (255.0 * scaled).astype(np.float32)
+    scaled = np.clip((integral - low) / (high - low), 0.0, 1.0) ** gamma
+    return (255.0 * (scaled if bone_bright else 1.0 - scaled)).astype(np.float32)
 
 
 def project_mask(mask_kji: np.ndarray, axis: int = 1) -> np.ndarray:
