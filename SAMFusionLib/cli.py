@@ -17,6 +17,7 @@ import numpy as np
 from .errors import SamFusionError
 
 EXIT_BAD_INPUT = 2
+EXIT_QUALITY_FAILED = 3
 EXIT_CANCELLED = 130
 
 
@@ -100,6 +101,18 @@ def cmd_fuse(args) -> int:
     return 0
 
 
+def cmd_register(args) -> int:
+    from .register_io import register_files
+
+    result = register_files(args.fixed, args.moving, args.out_transform, args.fixed_mask, args.moving_mask,
+                            args.transform, args.out_resampled, args.out_report)
+    print(json.dumps({"passed": result.passed, "reason": result.reason, "seconds": result.report["seconds"]}))
+    if not result.passed:
+        print(f"samfusion: registration quality check failed: {result.reason}", file=sys.stderr)
+        return EXIT_QUALITY_FAILED
+    return 0
+
+
 def cmd_weights(args) -> int:
     from .models import import_weights, load_table
     from .weights import ensure_cached
@@ -143,6 +156,12 @@ def cmd_compare(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.what == "register":
+        from .bench_register import format_table, run_benchmark
+
+        figures = run_benchmark(args.cases)
+        print(json.dumps(figures) if args.json else format_table(figures))
+        return 0
     if args.what == "fuse":
         from .bench_fusion import format_table, run_benchmark
 
@@ -176,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(seg)
     seg.set_defaults(func=cmd_segment)
 
+    register = commands.add_parser("register", help="register a moving 2D image to a fixed one (SAM masks + Match_Loss)")
+    register.add_argument("--fixed", type=Path, required=True)
+    register.add_argument("--moving", type=Path, required=True)
+    register.add_argument("--fixed-mask", type=Path, help="SAM mask of the target in the fixed image")
+    register.add_argument("--moving-mask", type=Path, help="SAM mask of the target in the moving image")
+    register.add_argument("--out-transform", type=Path, required=True, help="ITK transform (.h5 or .tfm), fixed -> moving points")
+    register.add_argument("--transform", default="nonrigid", choices=["rigid", "similarity", "affine", "nonrigid"])
+    register.add_argument("--out-resampled", type=Path, help="the moving image resampled onto the fixed grid")
+    register.add_argument("--out-report", type=Path, help="JSON report: timings, losses, Dice, verdict")
+    register.set_defaults(func=cmd_register)
+
     fuse = commands.add_parser("fuse", help="Laplacian-pyramid fusion of two images on the same grid")
     fuse.add_argument("a", type=Path)
     fuse.add_argument("b", type=Path)
@@ -205,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=["segment", "fuse"])
+    bench.add_argument("what", choices=["segment", "fuse", "register"])
+    bench.add_argument("--cases", type=int, default=20, help="register: number of cases")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.add_argument("--slices", type=int, default=8, help="segment: ROI slices to segment (>= 8)")
     bench.add_argument("--batch-size", type=int, default=4)

@@ -1,0 +1,246 @@
+"""``samfusion bench register``: markerless registration on cases with known ground truth.
+
+Cases come from the real images in ``../shared/data``:
+- the abdomen CT's parallel projection (fixed) against an X-ray-like rendering of the same CT
+  (exponential attenuation, random display polarity, gamma, noise, blur), with the projected
+  kidney masks;
+- the chest X-rays (fixed) against contrast-changed copies (gamma, polarity, noise, blur), with
+  their manual lung masks.
+The moving image is the fixed one warped by a known transform T (fixed -> moving): rotation up to
++-20 degrees, scale 0.88-1.12, shear up to 0.08, translation up to +-8% of the image size, and for
+half the cases a smooth non-rigid displacement (up to about 2.5% of the size). Masks are warped the
+same way and then eroded or dilated by one pixel, like SAM's imperfections.
+
+TRE (mm) is the mean distance ||T_est(p) - T(p)|| over 30 points p in and around the fixed mask;
+a case succeeds when TRE < 2 mm. Peers run on the same images: itk-elastix (affine; affine +
+B-spline; default parameter maps) and SimpleITK (Mattes MI, affine).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .grid2d import Grid2D
+
+SIZE = 400
+
+
+@dataclass
+class Case:
+    name: str
+    fixed: np.ndarray
+    fixed_mask: np.ndarray
+    moving: np.ndarray
+    moving_mask: np.ndarray
+    grid: Grid2D
+    truth: object  # SimpleITK transform, fixed -> moving
+    points: np.ndarray  # (N, 2) physical test points
+    nonrigid: bool
+
+
+def _resize(image: np.ndarray, mask: np.ndarray, extent_mm: float) -> tuple[np.ndarray, np.ndarray, Grid2D]:
+    import cv2
+
+    height = int(round(SIZE * image.shape[0] / image.shape[1]))
+    image = cv2.resize(image.astype(np.float32), (SIZE, height), interpolation=cv2.INTER_AREA)
+    mask = cv2.resize(mask.astype(np.uint8), (SIZE, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return image, mask, Grid2D.isotropic((height, SIZE), extent_mm / SIZE)
+
+
+def _sources() -> list[tuple[str, np.ndarray, np.ndarray, Grid2D, str]]:
+    """(name, image 0..255, mask, grid, kind) of each real source image."""
+    from .projection import line_integral, project_mask, xray_image
+    from .shared_data import abdomen_ct, chest_xray_cases
+
+    sources = []
+    hu, geometry, _, masks = abdomen_ct()
+    integral = line_integral(hu, geometry, axis=1)
+    kidneys = project_mask(masks["kidney_left"] | masks["kidney_right"], axis=1)
+    image, mask, grid = _resize(xray_image(integral), kidneys, geometry.spacing_mm[0] * hu.shape[2])
+    sources.append(("abdomen_projection", image, mask, grid, "ct"))
+    for case in chest_xray_cases():
+        lungs = np.logical_or.reduce(case.lungs)
+        image, mask, grid = _resize(case.image.astype(np.float32), lungs, 430.0)
+        sources.append((f"chest_{case.name}", image, mask, grid, "xray"))
+    return sources
+
+
+def _render(image: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
+    """A changed-contrast copy: X-ray-like exponential rendering for the CT projection, else gamma."""
+    import cv2
+
+    normalised = image / 255.0
+    if kind == "ct":
+        transmission = np.exp(-rng.uniform(2.0, 4.0) * normalised)
+        out = 1.0 - transmission if rng.random() < 0.5 else transmission
+    else:
+        out = normalised if rng.random() < 0.5 else 1.0 - normalised
+    out = np.clip((out - out.min()) / (np.ptp(out) + 1e-9), 0, 1) ** rng.uniform(0.6, 1.6)
+    out = cv2.GaussianBlur(out.astype(np.float32), (0, 0), rng.uniform(0.5, 1.5))
+    out = out + rng.normal(0, 0.02, out.shape).astype(np.float32)
+    return (255 * np.clip(out, 0, 1)).astype(np.float32)
+
+
+def _truth(grid: Grid2D, rng: np.random.Generator, nonrigid: bool):
+    """(T fixed -> moving, T^-1) as SimpleITK transforms."""
+    import cv2
+    import SimpleITK as sitk
+
+    height, width = grid.shape_hw
+    extent = np.array([width, height]) * grid.spacing
+    center = grid.to_physical(np.array([(width - 1) / 2, (height - 1) / 2]))[0]
+    angle = np.radians(rng.uniform(-20, 20))
+    scale = rng.uniform(0.88, 1.12, 2)
+    shear = rng.uniform(-0.08, 0.08)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    matrix = rotation @ np.array([[scale[0], shear], [0, scale[1]]])
+    affine = sitk.AffineTransform(2)
+    affine.SetMatrix(tuple(matrix.ravel()))
+    affine.SetCenter(tuple(center))
+    affine.SetTranslation(tuple(rng.uniform(-0.08, 0.08, 2) * extent))
+    if not nonrigid:
+        return affine, affine.GetInverse()
+    field = rng.normal(0, 1, (6, 6, 2)).astype(np.float64)
+    field = cv2.resize(field, (width, height), interpolation=cv2.INTER_CUBIC)
+    field *= 0.025 * extent.min() / np.abs(field).max()
+    image = sitk.GetImageFromArray(field, isVector=True)
+    grid.apply_to(image)
+    inverse_field = sitk.InvertDisplacementField(image, maximumNumberOfIterations=50, maxErrorToleranceThreshold=0.01, meanErrorToleranceThreshold=0.001)
+    forward = sitk.CompositeTransform(2)
+    forward.AddTransform(affine)
+    forward.AddTransform(sitk.DisplacementFieldTransform(image))  # applied first
+    backward = sitk.CompositeTransform(2)
+    backward.AddTransform(sitk.DisplacementFieldTransform(inverse_field))
+    backward.AddTransform(affine.GetInverse())  # applied first
+    return forward, backward
+
+
+def make_cases(count: int = 20, seed: int = 0) -> list[Case]:
+    """``count`` cases: about a third from the abdomen CT projection, the rest from the chest X-rays."""
+    import cv2
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(seed)
+    sources = _sources()
+    cases = []
+    for n in range(count):
+        name, image, mask, grid, kind = sources[0] if n % 3 == 0 else sources[1 + (n // 3 * 2 + n % 3) % (len(sources) - 1)]
+        nonrigid = n % 2 == 1
+        truth, inverse = _truth(grid, rng, nonrigid)
+        reference = sitk.GetImageFromArray(image)
+        grid.apply_to(reference)
+        contrast = sitk.GetImageFromArray(_render(image, rng, kind))
+        contrast.CopyInformation(reference)
+        moving = sitk.GetArrayFromImage(sitk.Resample(contrast, reference, inverse, sitk.sitkLinear, 0.0))
+        mask_image = sitk.GetImageFromArray(mask.astype(np.uint8))
+        mask_image.CopyInformation(reference)
+        moving_mask = sitk.GetArrayFromImage(sitk.Resample(mask_image, reference, inverse, sitk.sitkNearestNeighbor, 0)).astype(np.uint8)
+        kernel = np.ones((3, 3), np.uint8)
+        moving_mask = (cv2.erode(moving_mask, kernel) if rng.random() < 0.5 else cv2.dilate(moving_mask, kernel)).astype(bool)
+        around = cv2.dilate(mask.astype(np.uint8), np.ones((31, 31), np.uint8)).astype(bool)
+        ys, xs = np.nonzero(around)
+        pick = rng.choice(len(xs), 30, replace=False)
+        points = grid.to_physical(np.c_[xs[pick], ys[pick]].astype(float))
+        cases.append(Case(f"{name}-{n}", image, mask, moving.astype(np.float32), moving_mask, grid, truth, points, nonrigid))
+    return cases
+
+
+def tre_of(case: Case, mapped: np.ndarray) -> float:
+    """Mean TRE (mm) of estimated moving positions ``mapped`` (N, 2) of the case's points."""
+    expected = np.array([case.truth.TransformPoint(tuple(p)) for p in case.points])
+    return float(np.linalg.norm(mapped - expected, axis=1).mean())
+
+
+def run_ours(case: Case, transform: str = "nonrigid") -> np.ndarray:
+    from .registration import RegistrationOptions, register_2d
+
+    result = register_2d(case.fixed, case.grid, case.moving, case.grid, case.fixed_mask, case.moving_mask, RegistrationOptions(transform=transform))
+    return np.array([result.sitk_transform.TransformPoint(tuple(p)) for p in case.points])
+
+
+def run_simpleitk_mi(case: Case) -> np.ndarray:
+    import SimpleITK as sitk
+
+    fixed, moving = sitk.GetImageFromArray(case.fixed), sitk.GetImageFromArray(case.moving)
+    case.grid.apply_to(fixed)
+    case.grid.apply_to(moving)
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(0.2, seed=1)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=200)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel([4, 2, 1])
+    method.SetSmoothingSigmasPerLevel([2, 1, 0])
+    initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(2), sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    method.SetInitialTransform(initial, inPlace=False)
+    transform = method.Execute(fixed, moving)
+    return np.array([transform.TransformPoint(tuple(p)) for p in case.points])
+
+
+def run_elastix(case: Case, bspline: bool) -> np.ndarray:
+    import itk
+
+    fixed = itk.image_view_from_array(np.ascontiguousarray(case.fixed))
+    moving = itk.image_view_from_array(np.ascontiguousarray(case.moving))
+    for image in (fixed, moving):
+        image.SetSpacing([float(s) for s in case.grid.spacing])
+    parameters = itk.ParameterObject.New()
+    parameters.AddParameterMap(parameters.GetDefaultParameterMap("affine"))
+    if bspline:
+        parameters.AddParameterMap(parameters.GetDefaultParameterMap("bspline"))
+    _, result = itk.elastix_registration_method(fixed, moving, parameter_object=parameters, log_to_console=False)
+    field = itk.array_from_image(itk.transformix_deformation_field(moving, result))  # (H, W, 2): fixed -> moving displacement
+    index = case.grid.to_index(case.points)
+    x0, y0 = np.floor(index[:, 0]).astype(int), np.floor(index[:, 1]).astype(int)
+    fx, fy = (index[:, 0] - x0)[:, None], (index[:, 1] - y0)[:, None]
+    x1, y1 = np.minimum(x0 + 1, field.shape[1] - 1), np.minimum(y0 + 1, field.shape[0] - 1)
+    displacement = (field[y0, x0] * (1 - fx) * (1 - fy) + field[y0, x1] * fx * (1 - fy) + field[y1, x0] * (1 - fx) * fy + field[y1, x1] * fx * fy)
+    return case.points + displacement
+
+
+PEERS = {
+    "samfusion (masks, non-rigid)": run_ours,
+    "elastix affine": lambda case: run_elastix(case, False),
+    "elastix affine+bspline": lambda case: run_elastix(case, True),
+    "simpleitk MI affine": run_simpleitk_mi,
+}
+
+
+def run_benchmark(count: int = 20, methods: list[str] | None = None) -> dict:
+    cases = make_cases(count)
+    results = {}
+    for name in methods or list(PEERS):
+        errors, seconds = [], []
+        for case in cases:
+            start = time.perf_counter()
+            try:
+                mapped = PEERS[name](case)
+                errors.append(tre_of(case, mapped))
+            except Exception:  # a peer that crashes on a case has failed that case
+                errors.append(float("inf"))
+            seconds.append(time.perf_counter() - start)
+        errors = np.array(errors)
+        results[name] = {
+            "median_tre_mm": round(float(np.median(errors)), 3),
+            "success_rate": round(float(np.mean(errors < 2.0)), 3),
+            "seconds_per_case": round(float(np.mean(seconds)), 3),
+        }
+    return {"benchmark": "register", "cases": len(cases), "size_px": SIZE, "machine": platform.machine(), "methods": results}
+
+
+def format_table(figures: dict) -> str:
+    lines = [
+        f"Registration benchmark: {figures['cases']} cases, about {figures['size_px']} px wide, success = TRE < 2 mm",
+        "",
+        "| method | median TRE (mm) | success rate | s / case |",
+        "|---|---|---|---|",
+    ]
+    for name, row in figures["methods"].items():
+        lines.append(f"| {name} | {row['median_tre_mm']:.3f} | {row['success_rate']:.2f} | {row['seconds_per_case']:.2f} |")
+    return "\n".join(lines)
