@@ -23,7 +23,7 @@ from .match_loss import match_loss, ngf_loss, soft_mask
 from .transforms2d import STAGES, Transform2D
 
 
-@dataclass
+@dataclass(frozen=True)
 class RegistrationOptions:
     transform: str = "nonrigid"
     match_weight: float = 1.0
