@@ -89,7 +89,7 @@ def run_benchmark(args) -> dict:
 
     segmenter = Segmenter(model, precision=args.precision)
     start = time.perf_counter()
-    result = segment_volume(segmenter, hu, geometry, prompts, window="soft_tissue", propagate=False, batch_size=args.batch_size)
+    result = segment_volume(segmenter, hu, geometry, prompts, window="soft_tissue", propagate=False, zoom="off", batch_size=args.batch_size)
     project_s = time.perf_counter() - start
 
     identical = all(np.array_equal(result.mask_kji[k].astype(bool), m) for k, m in zip(indices, naive_masks, strict=True))

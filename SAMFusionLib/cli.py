@@ -84,10 +84,10 @@ def cmd_segment(args) -> int:
         check_pixel_inside(all_points, height, width, "point")
     if box is not None:
         check_pixel_inside(box.reshape(2, 2), height, width, "box corner")
+    from .zoom import predict_zoomed
+
     segmenter = Segmenter(_load(args))
-    segmenter.set_image(rgb)
-    multimask = box is None and all_points is not None and len(all_points) == 1
-    result = segmenter.predict(all_points, labels, box, multimask=multimask)
+    result = predict_zoomed(segmenter, rgb, all_points, labels, box, args.zoom)
     write_mask_2d(result.mask, out, image.reference)
     print(json.dumps({"out": str(out), "score": round(result.score, 4), "pixels": int(result.mask.sum()), "model": segmenter.model.model_id}))
     return 0
@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--negative", nargs="+", action="append", metavar="X Y", help="negative point(s)")
     seg.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"), help="box corners, any order")
     seg.add_argument("--window", default="auto", help="intensity: auto, raw, percentile, bone, soft_tissue, stone, lung or LEVEL,WIDTH")
+    seg.add_argument("--zoom", default="auto", choices=["auto", "on", "off"], help="crop around small targets before segmenting (default auto)")
     seg.add_argument("--out", type=Path, required=True, help="mask: .png (0/255) or .nrrd/.nii.gz (0/1, image geometry)")
     _add_model_options(seg)
     seg.set_defaults(func=cmd_segment)

@@ -24,6 +24,7 @@ from .errors import SamFusionError
 from .geometry import ImageGeometry, SliceAxes
 from .intensity import check_finite_nonconstant, resolve_range, to_sam_rgb
 from .segmenter import Segmenter
+from .zoom import predict_zoomed
 
 
 @dataclass
@@ -131,6 +132,7 @@ def segment_volume(
     window: str = "auto",
     propagate: bool = True,
     min_score: float = 0.0,
+    zoom: str = "auto",
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
@@ -144,6 +146,7 @@ def segment_volume(
         window: intensity window (see ``intensity.resolve_range``), resolved once for the whole volume.
         propagate: follow the target from the seed slices (True), or box every ROI slice (False).
         min_score: stop propagating where SAM's score falls below this.
+        zoom: "auto" re-segments small targets in a crop around the prompt (``zoom.predict_zoomed``).
     """
     if volume_kji.ndim != 3:
         raise SamFusionError(f"expected a 3D volume, got an array of {volume_kji.ndim} dimensions")
@@ -163,14 +166,9 @@ def segment_volume(
     def run(index: int, points_xy, labels, box) -> np.ndarray:
         if cancelled is not None and cancelled():
             raise SamFusionError("cancelled")
-        segmenter.set_image(rgb_of(index))
         has_points = points_xy is not None and len(points_xy) > 0
-        multimask = box is None and has_points and len(points_xy) == 1
-        result = segmenter.predict(
-            points_xy=points_xy if has_points else None,
-            labels=labels if has_points else None,
-            box_xyxy=box,
-            multimask=multimask,
+        result = predict_zoomed(
+            segmenter, rgb_of(index), points_xy if has_points else None, labels if has_points else None, box, zoom
         )
         scores[index] = result.score
         return result.mask

@@ -59,7 +59,7 @@ def test_same_masks_and_logits_as_sampredictor(tiny_model, images, name):
     np.testing.assert_allclose(ours.scores, scores, atol=TOLERANCE)
     best = int(np.argmax(scores))
     np.testing.assert_array_equal(ours.mask, masks[best])
-    assert ours.low_res_logits.shape == (1, 4 * 32, 4 * 32)
+    assert ours.low_res_logits.shape == (1, *tiny_model.sam.prompt_encoder.mask_input_size)
 
 
 def test_previous_low_res_mask_as_input(tiny_model, images):
