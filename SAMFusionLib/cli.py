@@ -156,6 +156,13 @@ def cmd_compare(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.what == "demo-model":
+        from .evaluate_demo import figure_table, format_figures
+        from .models import load_model
+
+        figures = figure_table(load_model(args.model, args.checkpoint, args.arch, args.device))
+        print(json.dumps(figures) if args.json else format_figures(figures))
+        return 0
     if args.what == "register":
         from .bench_register import format_table, run_benchmark
 
@@ -236,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=["segment", "fuse", "register"])
+    bench.add_argument("what", choices=["segment", "fuse", "register", "demo-model"])
     bench.add_argument("--cases", type=int, default=20, help="register: number of cases")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.add_argument("--slices", type=int, default=8, help="segment: ROI slices to segment (>= 8)")

@@ -208,10 +208,13 @@ def register_2d(
 
     history = []
     for factor in options.levels:
-        stages = list(STAGES[: min(final, 2) + 1]) if factor == options.levels[0] else [STAGES[min(final, 2)]]
-        if final == 3:
-            # The smooth deformation is found cheaply on the coarse grid; finer levels only refine it.
-            stages.append("nonrigid")
+        if factor == options.levels[0]:
+            # The coarse grid is cheap: walk up the transform models one by one, non-rigid last, where
+            # the smooth deformation is found.
+            stages = list(STAGES[: final + 1])
+        else:
+            # Finer levels only refine, with the final model (which includes all affine parameters).
+            stages = [STAGES[final]]
         for stage in stages:
             if factor == options.levels[-1] and factor != options.levels[0]:
                 iterations = options.fine_iterations
