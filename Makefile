@@ -26,7 +26,10 @@ demo: $(STAMP)
 	@echo "kidney (point) vs ground truth:"; $(SAMFUSION) compare $(DEMO_OUT)/kidney_from_point.png $(DEMO_OUT)/kidney_gt.png
 	@echo "kidney (box)   vs ground truth:"; $(SAMFUSION) compare $(DEMO_OUT)/kidney_from_box.png $(DEMO_OUT)/kidney_gt.png
 	@echo "stone (point)  vs ground truth:"; $(SAMFUSION) compare $(DEMO_OUT)/stone_from_point.png $(DEMO_OUT)/stone_gt.png
-	@echo "outputs in $(DEMO_OUT)/"
+	$(SAMFUSION) overlay $(DEMO_OUT)/ct_slice.png $(DEMO_OUT)/kidney_from_point.png $(DEMO_OUT)/kidney_gt.png --out $(DEMO_OUT)/kidney_point_overlay.png
+	$(SAMFUSION) overlay $(DEMO_OUT)/ct_slice.png $(DEMO_OUT)/kidney_from_box.png $(DEMO_OUT)/kidney_gt.png --out $(DEMO_OUT)/kidney_box_overlay.png
+	$(SAMFUSION) overlay $(DEMO_OUT)/ct_slice.png $(DEMO_OUT)/stone_from_point.png $(DEMO_OUT)/stone_gt.png --out $(DEMO_OUT)/stone_point_overlay.png
+	@echo "outputs in $(DEMO_OUT)/ (overlays: red = SAM, green = ground truth)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q Testing

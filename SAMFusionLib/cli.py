@@ -155,6 +155,14 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_overlay(args) -> int:
+    from .overlay import overlay_files
+
+    overlay_files(args.image, args.masks, args.out, args.scale)
+    print(args.out)
+    return 0
+
+
 def cmd_bench(args) -> int:
     if args.what == "demo-model":
         from .evaluate_demo import figure_table, format_figures
@@ -241,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("mask", type=Path)
     compare.add_argument("reference", type=Path)
     compare.set_defaults(func=cmd_compare)
+
+    over = commands.add_parser("overlay", help="draw mask contours over an image (PNG)")
+    over.add_argument("image", type=Path)
+    over.add_argument("masks", type=Path, nargs="+", help="masks, drawn red, green, yellow, cyan, magenta")
+    over.add_argument("--out", type=Path, required=True)
+    over.add_argument("--scale", type=int, default=2)
+    over.set_defaults(func=cmd_overlay)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
     bench.add_argument("what", choices=["segment", "fuse", "register", "demo-model"])

@@ -8,14 +8,14 @@ covers all of them, and two identical slices correctly share one embedding.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .atomic import atomic_path
 
 
 @dataclass
@@ -101,18 +101,13 @@ class EmbeddingCache:
         if path.exists():
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            payload = {
-                "features": embedding.features.detach().cpu(),
-                "input_size": list(embedding.input_size),
-                "original_size": list(embedding.original_size),
-            }
+        payload = {
+            "features": embedding.features.detach().cpu(),
+            "input_size": list(embedding.input_size),
+            "original_size": list(embedding.original_size),
+        }
+        with atomic_path(path) as tmp:
             torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
 
     def _read_disk(self, key: str, device: str) -> Embedding | None:
         import torch

@@ -6,13 +6,12 @@ come back numpy-ordered: 2D images (rows, columns[, 3]); volumes (k, j, i).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import SamFusionError
 from .geometry import ImageGeometry
 
@@ -120,14 +119,8 @@ def atomic_write_image(image, path: Path) -> None:
     import SimpleITK as sitk
 
     path = Path(path)
-    suffix = _suffix(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, True)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(path, _suffix(path)) as tmp:
+        sitk.WriteImage(image, str(tmp), True)
 
 
 def write_mask_2d(mask: np.ndarray, path: Path, reference=None) -> None:

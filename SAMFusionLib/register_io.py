@@ -8,12 +8,11 @@ The transform file maps fixed physical points to moving physical points (ITK con
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import SamFusionError
 from .grid2d import Grid2D
 from .io import atomic_write_image, check_output_path, read_image_2d
@@ -42,14 +41,8 @@ def write_transform(transform, path: Path) -> None:
     """Write an ITK transform atomically (temporary file with the same suffix, then rename)."""
     import SimpleITK as sitk
 
-    suffix = "".join(Path(path).suffixes[-1:])
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        sitk.WriteTransform(transform, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(path, Path(path).suffix) as tmp:
+        sitk.WriteTransform(transform, str(tmp))
 
 
 def register_files(fixed_path: Path, moving_path: Path, out_transform: Path, fixed_mask: Path | None = None,

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .datasets import DEMO_SOURCES
 from .errors import SamFusionError
 from .losses import dice_loss, sam_loss
@@ -174,13 +173,8 @@ def evaluate(sam, val: list[tuple[Sample, dict]], config: TrainConfig, device: s
 def _atomic_torch_save(obj, path: Path) -> None:
     import torch
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _steps(config: TrainConfig, start: int) -> Iterator[int]:

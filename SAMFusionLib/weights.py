@@ -11,11 +11,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .atomic import atomic_path
 from .errors import SamFusionError
 
 CHUNK_BYTES = 1 << 20
@@ -59,14 +59,8 @@ def _pin_sha256(model_id: str, digest: str) -> None:
     path = _pins_path()
     pins = json.loads(path.read_text()) if path.exists() else {}
     pins[model_id] = digest
-    _atomic_write_text(path, json.dumps(pins, indent=2, sort_keys=True))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(pins, indent=2, sort_keys=True))
 
 
 def download_file(url: str, destination: Path, expected_sha256: str | None, show_progress: bool = True) -> str:
@@ -78,23 +72,21 @@ def download_file(url: str, destination: Path, expected_sha256: str | None, show
     from tqdm import tqdm
 
     destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
-    tmp = Path(tmp_name)
     digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name, disable=not show_progress) as bar:
-                for block in iter(lambda: response.read(CHUNK_BYTES), b""):
-                    out.write(block)
-                    digest.update(block)
-                    bar.update(len(block))
-        actual = digest.hexdigest()
-        if expected_sha256 and actual != expected_sha256.lower():
-            raise SamFusionError(
-                f"checksum mismatch for {url}: expected SHA256 {expected_sha256}, got {actual}; the file was discarded"
-            )
-        os.replace(tmp, destination)
+        with atomic_path(destination, ".part") as tmp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name, disable=not show_progress) as bar:
+                    for block in iter(lambda: response.read(CHUNK_BYTES), b""):
+                        out.write(block)
+                        digest.update(block)
+                        bar.update(len(block))
+            actual = digest.hexdigest()
+            if expected_sha256 and actual != expected_sha256.lower():
+                raise SamFusionError(
+                    f"checksum mismatch for {url}: expected SHA256 {expected_sha256}, got {actual}; the file was discarded"
+                )
         return actual
     except (urllib.error.URLError, OSError, TimeoutError) as error:
         reason = getattr(error, "reason", error)
@@ -102,8 +94,6 @@ def download_file(url: str, destination: Path, expected_sha256: str | None, show
             f"cannot download {url} ({reason}); if this machine is offline, fetch the file elsewhere and "
             f"import it with 'samfusion weights import MODEL FILE' or pass --checkpoint FILE"
         ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def ensure_cached(model_id: str, url: str | None, filename: str, expected_sha256: str | None, show_progress: bool = True) -> Path:
@@ -135,13 +125,8 @@ def import_file(model_id: str, source: Path, filename: str, expected_sha256: str
     if expected and actual != expected:
         raise SamFusionError(f"{source} is not the {model_id} checkpoint: expected SHA256 {expected}, got {actual}")
     destination = weights_dir() / filename
-    fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{filename}.", suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_path(destination, ".part") as tmp:
         shutil.copyfile(source, tmp)
-        os.replace(tmp, destination)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     if expected is None:
         _pin_sha256(model_id, actual)
     return destination
