@@ -47,7 +47,7 @@ def _resize(image: np.ndarray, mask: np.ndarray, extent_mm: float) -> tuple[np.n
 
     height = int(round(SIZE * image.shape[0] / image.shape[1]))
     image = cv2.resize(image.astype(np.float32), (SIZE, height), interpolation=cv2.INTER_AREA)
-    mask = cv2.resize(mask.astype(np.uint8), (SIZE, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    mask = cv2.resize(mask.astype(np.uint8), (SIZE, height), interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
     return image, mask, Grid2D.isotropic((height, SIZE), extent_mm / SIZE)
 
 

@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--device", default="auto")
     train.add_argument("--no-resume", action="store_true")
-    train.add_argument("--export", type=Path, help="copy the best state dict here when done")
+    train.add_argument("--export", type=Path, help="copy the final state dict here when done")
     train.set_defaults(func=cmd_train)
     return parser
 

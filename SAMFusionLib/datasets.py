@@ -53,7 +53,7 @@ def folder_pairs(images_dir: Path, masks_dir: Path) -> SampleSource:
         image_path, mask_path = pairs[rng.integers(len(pairs))]
         image = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
         labels = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-        labels = cv2.resize(labels, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+        labels = cv2.resize(labels, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST_EXACT)
         values = [v for v in np.unique(labels) if v != 0]
         return image, labels == values[rng.integers(len(values))]
 

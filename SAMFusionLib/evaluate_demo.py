@@ -126,7 +126,7 @@ def sam_segmenters(model, zoom: str = "auto") -> tuple[PointSegmenter, BoxSegmen
 def figure_table(model) -> dict:
     """Stone hit rate and lung Dice of ``model`` (with and without zoom) and of the classical baselines."""
     rows = {}
-    for name, zoom in (("model, zoom auto", "auto"), ("model, no zoom", "off")):
+    for name, zoom in (("model, zoom on", "on"), ("model, no zoom", "off")):
         by_point, by_box = sam_segmenters(model, zoom)
         rows[name] = {"stones": stone_hit_rate(by_point), "lungs": lung_dice(by_box)}
     rows["classical (Otsu)"] = {"stones": stone_hit_rate(otsu_point_baseline), "lungs": lung_dice(otsu_box_baseline)}

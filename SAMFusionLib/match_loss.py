@@ -61,10 +61,12 @@ def ngf_loss(a, b, epsilon: float = 1e-2, weight=None):
     return 1.0 - (alignment * weight).sum() / weight.sum().clamp(min=1e-6)
 
 
-def soft_mask(mask: np.ndarray, spacing_mm: float, radius_mm: float) -> np.ndarray:
-    """(H, W) bool -> (H, W) float32 signed distance in [-1, 1]: -1 deep inside, +1 far outside.
+def soft_mask(mask: np.ndarray, spacing_mm: float, radius_mm: float, clip: bool = True) -> np.ndarray:
+    """(H, W) bool -> (H, W) float32 signed distance / ``radius_mm``: negative inside, positive outside.
 
-    Distance to the contour in mm, divided by ``radius_mm`` and clipped.
+    Clipped to [-1, 1] by default. Unclipped (``clip=False``), its Sobel response is the contour's
+    normal field everywhere, which a pixel of erosion or dilation (a constant offset of the
+    distance) does not change: the mask term then carries no erosion/dilation bias.
     """
     import cv2
 
@@ -73,5 +75,5 @@ def soft_mask(mask: np.ndarray, spacing_mm: float, radius_mm: float) -> np.ndarr
         raise SamFusionError("a mask is empty: the target was not found in one of the images")
     inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
     outside = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
-    signed = (outside - inside + np.where(mask, 0.5, -0.5)) * spacing_mm
-    return np.clip(signed / radius_mm, -1.0, 1.0).astype(np.float32)
+    signed = (outside - inside + np.where(mask, 0.5, -0.5)) * spacing_mm / radius_mm
+    return (np.clip(signed, -1.0, 1.0) if clip else signed).astype(np.float32)

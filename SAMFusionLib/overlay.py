@@ -19,11 +19,11 @@ def overlay(image: np.ndarray, masks: list[np.ndarray], scale: int = 2) -> np.nd
     import cv2
 
     rgb = to_sam_rgb(image, resolve_range(image, "auto"))
-    canvas = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    canvas = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST_EXACT)
     for n, mask in enumerate(masks):
         if mask.shape != image.shape[:2]:
             raise SamFusionError(f"mask {n + 1} ({mask.shape[1]}x{mask.shape[0]}) does not match the image ({image.shape[1]}x{image.shape[0]})")
-        big = cv2.resize(mask.astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        big = cv2.resize(mask.astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST_EXACT)
         contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(canvas, contours, -1, COLOURS[n % len(COLOURS)], 1)
     return canvas

@@ -35,6 +35,7 @@ class RegistrationOptions:
     fine_iterations: int = 10  # at the finest level, only a short polish: most of the work is done coarser
     control_shape: tuple[int, int] = (10, 10)
     radius_px: float = 6.0
+    clip_distance: bool = True  # False: unclipped distance maps (no erosion/dilation bias, see soft_mask)
     min_dice: float = 0.7
     match_mode: str = "vector"
     # Below the coarsest level the masks' own imperfections (a pixel of erosion or dilation) would
@@ -194,7 +195,8 @@ def register_2d(
     def maps(factor: int, which: str):
         grid, mask, image = (fixed_grid, fixed_mask, fixed_i) if which == "fixed" else (moving_grid, moving_mask, moving_i)
         spacing = float(grid.spacing.mean())
-        result = [soft_mask(mask, spacing, options.radius_px * factor * float(fixed_grid.spacing.mean()))] if use_masks else []
+        radius = options.radius_px * factor * float(fixed_grid.spacing.mean())
+        result = [soft_mask(mask, spacing, radius, options.clip_distance)] if use_masks else []
         return result + [image]
 
     levels = {f: _Level(f, maps(f, "fixed"), maps(f, "moving"), fixed_grid, moving_grid, f == options.levels[0]) for f in options.levels}

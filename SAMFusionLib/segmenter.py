@@ -24,7 +24,7 @@ class Prediction:
     """SAM's answer to one prompt on one image.
 
     Attributes:
-        mask: (H, W) bool, the chosen mask (best score when several were asked for).
+        mask: (H, W) bool, the chosen mask (with several candidates: the best predicted IoU x stability).
         score: SAM's predicted IoU of ``mask``.
         low_res_logits: (1, h, w) float32 logits of ``mask`` (h = w = img_size / 4), usable as the
             next ``mask_input``.
@@ -39,6 +39,20 @@ class Prediction:
     masks: np.ndarray
     scores: np.ndarray
     all_low_res_logits: np.ndarray
+    stability: np.ndarray | None = None
+
+
+STABILITY_OFFSET = 1.0  # SAM's automatic mask generator uses the same logit offset
+
+
+def stability_scores(logits: np.ndarray, offset: float = STABILITY_OFFSET) -> np.ndarray:
+    """(C,) SAM's stability score of each (C, H, W) logit map: |logit > +offset| / |logit > -offset|.
+
+    A crisp object gives a mask that barely changes with the threshold (stability near 1).
+    """
+    strict = (logits > offset).sum(axis=(1, 2))
+    loose = (logits > -offset).sum(axis=(1, 2))
+    return strict / np.maximum(loose, 1)
 
 
 def check_rgb(rgb: np.ndarray) -> None:
@@ -183,8 +197,12 @@ class Segmenter:
         if box_xyxy is not None:
             box = normalize_box(box_xyxy)
             check_pixel_inside(box.reshape(2, 2), height, width, "box corner")
-        masks, scores, logits = self.predictor.predict(
-            point_coords=coords, point_labels=label_array, box=box, mask_input=mask_input, multimask_output=multimask
+        full_logits, scores, logits = self.predictor.predict(
+            point_coords=coords, point_labels=label_array, box=box, mask_input=mask_input, multimask_output=multimask, return_logits=True
         )
-        best = int(np.argmax(scores))
-        return Prediction(masks[best], float(scores[best]), logits[best : best + 1], masks, scores, logits)
+        masks = full_logits > self.model.sam.mask_threshold  # exactly what SamPredictor returns as masks
+        # Between candidates, SAM's predicted IoU alone can prefer a large, blurry mask on a small target;
+        # its automatic mask generator also weighs stability, and so do we.
+        stability = stability_scores(full_logits)
+        best = int(np.argmax(scores * stability))
+        return Prediction(masks[best], float(scores[best]), logits[best : best + 1], masks, scores, logits, stability)

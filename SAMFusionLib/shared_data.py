@@ -58,7 +58,7 @@ def chest_xray_cases(split: str | None = None) -> list[LungCase]:
         canvas = cv2.imread(str(root / "v7_semantic_masks_2000px" / f"{image_id}__v7_{v7_id}.png"), cv2.IMREAD_GRAYSCALE)
         if image is None or canvas is None:
             raise SamFusionError(f"chest X-ray case {image_id} is incomplete")
-        lung = cv2.resize((canvas == 255).astype(np.uint8), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+        lung = cv2.resize((canvas == 255).astype(np.uint8), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST_EXACT)
         count, labels, stats, _ = cv2.connectedComponentsWithStats(lung, connectivity=8)
         order = np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1][:2] + 1
         cases.append(LungCase(image_id, image, [labels == n for n in order if stats[n, cv2.CC_STAT_AREA] > 500]))

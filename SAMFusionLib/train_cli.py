@@ -20,7 +20,8 @@ def run_training(args) -> int:
     config = replace(config, device=args.device, **{k: v for k, v in overrides.items() if v is not None})
     figures = train(config, args.out, make_sources(config.sources), resume=not args.no_resume)
     if args.export:
-        shutil.copyfile(Path(args.out) / "best.pth", args.export)
+        # The final model (end of the cosine schedule) is exported: deterministic for a given recipe.
+        shutil.copyfile(Path(args.out) / "final.pth", args.export)
         print(f"exported {args.export}")
     print(figures)
     return 0

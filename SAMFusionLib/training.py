@@ -70,7 +70,9 @@ def _prepare(sam, rgb: np.ndarray, mask: np.ndarray):
     tensor = torch.as_tensor(resized).permute(2, 0, 1).contiguous()
     image = sam.preprocess(tensor[None].float())[0]
     target = np.zeros((size, size), bool)
-    small = cv2.resize(mask.astype(np.uint8), (resized.shape[1], resized.shape[0]), interpolation=cv2.INTER_NEAREST)
+    # NEAREST_EXACT samples pixel centres like the image resize; plain INTER_NEAREST shifts the mask by
+    # up to half a pixel, which a model trained on it learns as a systematic offset.
+    small = cv2.resize(mask.astype(np.uint8), (resized.shape[1], resized.shape[0]), interpolation=cv2.INTER_NEAREST_EXACT)
     target[: small.shape[0], : small.shape[1]] = small.astype(bool)
     return image, target
 
@@ -190,7 +192,8 @@ def train(
     resume: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Train; writes ``last.pt`` (resumable), ``best.pth`` (state dict), ``history.csv`` and ``loss.png``.
+    """Train; writes ``last.pt`` (resumable), ``best.pth`` (state dict of the best validation Dice),
+    ``final.pth`` (state dict at the end), ``history.csv`` and ``loss.png``.
 
     Returns the final validation figures.
     """
@@ -219,10 +222,11 @@ def train(
 
     def lr_at(step: int) -> float:
         warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
-        return config.lr * warm * 0.5 * (1 + np.cos(np.pi * step / max(1, config.steps)))
+        # A plain float: a numpy scalar in the optimiser state would make last.pt unloadable with weights_only=True.
+        return float(config.lr * warm * 0.5 * (1 + np.cos(np.pi * step / max(1, config.steps))))
 
     history: list[dict] = []
-    start, best = 0, float("inf")
+    start, best = 0, -1.0
     last_path = out_dir / "last.pt"
     if resume and last_path.exists():
         state = torch.load(last_path, weights_only=True, map_location=device)
@@ -252,8 +256,9 @@ def train(
             running = []
             history.append(figures)
             log(json.dumps(figures))
-            if figures["val_loss"] < best:
-                best = figures["val_loss"]
+            # The validation loss is noisy (IoU-head term, mixed sources); Dice is what users see.
+            if figures["val_dice"] > best:
+                best = figures["val_dice"]
                 _atomic_torch_save(sam.state_dict(), out_dir / "best.pth")
             _atomic_torch_save(
                 {"model": sam.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1, "best": best,
@@ -261,6 +266,7 @@ def train(
                 last_path,
             )
             _write_history(history, out_dir)
+    _atomic_torch_save(sam.state_dict(), out_dir / "final.pth")
     return figures
 
 

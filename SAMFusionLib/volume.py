@@ -7,8 +7,10 @@ Slices are cut along the IJK axis the caller chooses (``SliceAxes``).
 - An ROI gives the slice range and, per slice, a 2D box: the bounding box of its 8 corners in IJK.
 - Fiducials give point prompts on their nearest slice.
 - With propagation, segmentation starts at the seed slices and moves outward; each next slice is
-  prompted with the previous slice's mask box (plus a margin, inside the ROI), and stops where the
-  target disappears (empty mask or score below ``min_score``).
+  prompted with the previous slice's mask box (plus a small margin, inside the ROI) and a positive
+  point at that mask's deepest interior pixel. It stops where the target disappears (empty mask,
+  score below ``min_score``) or where the mask suddenly grows more than ``max_growth`` times the
+  previous slice's area: a leak into the surroundings, not the target.
 - Without propagation, every ROI slice gets the ROI box: the classic per-slice loop, batched.
 """
 
@@ -84,8 +86,11 @@ def plan_prompts(prompts: VolumePrompts, geometry: ImageGeometry, axes: SliceAxe
         low, high = corners_ijk.min(axis=0), corners_ijk.max(axis=0)
         if np.any(high - low <= 0):
             raise SamFusionError("the ROI is empty (zero size along at least one axis)")
-        first = max(0, math.ceil(low[axes.normal] - 0.5))
-        last = min(count - 1, math.floor(high[axes.normal] + 0.5))
+        # Slices whose centre lies inside the ROI; an ROI thinner than a slice keeps its nearest slice.
+        first, last = math.ceil(low[axes.normal] - 1e-6), math.floor(high[axes.normal] + 1e-6)
+        if first > last:
+            first = last = int(round((low[axes.normal] + high[axes.normal]) / 2))
+        first, last = max(0, first), min(count - 1, last)
         width = geometry.shape_kji[2 - axes.x_axis]
         height = geometry.shape_kji[2 - axes.y_axis]
         roi_box = np.array([
@@ -108,7 +113,16 @@ def plan_prompts(prompts: VolumePrompts, geometry: ImageGeometry, axes: SliceAxe
     return SlicePlan(seeds, first, last, roi_box)
 
 
-def _mask_box(mask: np.ndarray, margin_fraction: float = 0.1, margin_px: float = 2.0) -> np.ndarray:
+def _interior_point(mask: np.ndarray) -> np.ndarray:
+    """(1, 2) the pixel (x, y) of ``mask`` farthest from its edge."""
+    import cv2
+
+    distance = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return np.array([[float(x), float(y)]])
+
+
+def _mask_box(mask: np.ndarray, margin_fraction: float = 0.05, margin_px: float = 1.0) -> np.ndarray:
     """(x0, y0, x1, y1) box around a (H, W) mask, widened by a margin."""
     rows, cols = np.nonzero(mask)
     x0, x1, y0, y1 = cols.min(), cols.max(), rows.min(), rows.max()
@@ -132,6 +146,7 @@ def segment_volume(
     window: str = "auto",
     propagate: bool = True,
     min_score: float = 0.0,
+    max_growth: float = 1.5,
     zoom: str = "auto",
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
@@ -146,6 +161,7 @@ def segment_volume(
         window: intensity window (see ``intensity.resolve_range``), resolved once for the whole volume.
         propagate: follow the target from the seed slices (True), or box every ROI slice (False).
         min_score: stop propagating where SAM's score falls below this.
+        max_growth: stop where a slice's mask exceeds this many times the previous slice's area.
         zoom: "auto" re-segments small targets in a crop around the prompt (``zoom.predict_zoomed``).
     """
     if volume_kji.ndim != 3:
@@ -193,8 +209,8 @@ def segment_volume(
             previous, index = seed_mask, seed + step
             while plan.first <= index <= plan.last and previous.any() and index not in scores:
                 box = _clip_box(_mask_box(previous), plan.roi_box, width, height)
-                current = run(index, None, None, box)
-                if not current.any() or scores[index] < min_score:
+                current = run(index, _interior_point(previous), np.array([1]), box)
+                if not current.any() or scores[index] < min_score or current.sum() > max_growth * previous.sum():
                     scores.pop(index)
                     break
                 axes.put(mask, index, current)

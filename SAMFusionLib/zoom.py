@@ -3,6 +3,8 @@
 A stone of 3-10 px shrinks below one encoder patch when a whole image is resized to a small
 model's input. Cropping a window of a few times the target's size first gives it many pixels.
 "auto" zooms only when the plain answer is small (or empty); "on" always zooms; "off" never does.
+With a box, the crop is CONTEXT times the box. With points, "on" crops POINT_CROP_PX around them
+(a point does not say how big the target is), "auto" CONTEXT times the plain answer's size.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from .segmenter import Prediction, Segmenter
 SMALL_FRACTION = 0.01  # a mask under 1% of the image counts as a small target
 CONTEXT = 4.0  # the crop is this many times the target's size
 MIN_CROP_PX = 48
+POINT_CROP_PX = 96  # measured on the stone validation split: 32 px 0.0, 48 px 0.21, 64 px 0.32, 96 px 0.42 hit rate
 
 
 def _crop_window(centre_xy: np.ndarray, side: float, height: int, width: int) -> tuple[int, int, int, int]:
@@ -55,7 +58,10 @@ def predict_zoomed(
         positive = points[label_array == 1] if np.any(label_array == 1) else points
         centre = positive.mean(0)
         rows, cols = np.nonzero(plain.mask)
-        size = float(max(np.ptp(cols), np.ptp(rows))) + 1 if plain.mask.any() else MIN_CROP_PX / CONTEXT
+        if zoom == "on" or not plain.mask.any():
+            size = POINT_CROP_PX / CONTEXT
+        else:
+            size = float(max(np.ptp(cols), np.ptp(rows))) + 1
     x0, y0, x1, y1 = _crop_window(centre, CONTEXT * size, height, width)
     if (x1 - x0) >= width and (y1 - y0) >= height:
         return plain  # the crop would be the whole image: nothing to gain

@@ -57,8 +57,18 @@ def test_same_masks_and_logits_as_sampredictor(tiny_model, images, name):
     assert np.abs(ours.all_low_res_logits - logits).max() <= TOLERANCE
     np.testing.assert_array_equal(ours.masks, masks)
     np.testing.assert_allclose(ours.scores, scores, atol=TOLERANCE)
-    best = int(np.argmax(scores))
-    np.testing.assert_array_equal(ours.mask, masks[best])
+    official_logits = SamPredictor(tiny_model.sam)
+    official_logits.set_image(base)
+    full, _, _ = official_logits.predict(
+        point_coords=None if prompt["points"] is None else np.array(prompt["points"]),
+        point_labels=None if prompt["labels"] is None else np.array(prompt["labels"]),
+        box=None if prompt["box"] is None else np.array(prompt["box"]),
+        multimask_output=prompt["multimask"],
+        return_logits=True,
+    )
+    stability = (full > 1.0).sum(axis=(1, 2)) / np.maximum((full > -1.0).sum(axis=(1, 2)), 1)
+    np.testing.assert_allclose(ours.stability, stability)
+    np.testing.assert_array_equal(ours.mask, masks[int(np.argmax(scores * stability))])
     assert ours.low_res_logits.shape == (1, *tiny_model.sam.prompt_encoder.mask_input_size)
 
 

@@ -65,7 +65,7 @@ def test_short_training_lowers_validation_loss(tmp_path):
     initial = evaluate(build_sam(load_table().architectures[config.architecture]), validation_set(sources, config), config, "cpu")
     final = train(config, tmp_path, sources, resume=False, log=lambda _: None)
     assert final["val_loss"] < initial["val_loss"]
-    for name in ("best.pth", "last.pt", "history.csv", "loss.png"):
+    for name in ("best.pth", "final.pth", "last.pt", "history.csv", "loss.png"):
         assert (tmp_path / name).exists()
     # Resuming continues from the saved step instead of starting again.
     more = train(replace(config, steps=30), tmp_path, sources, resume=True, log=lambda _: None)

@@ -28,7 +28,7 @@ def test_zoom_off_is_the_plain_prediction_and_on_pastes_into_the_crop(tiny_model
     np.testing.assert_array_equal(off.mask, plain.mask)
     on = predict_zoomed(segmenter, rgb, None, None, np.array([90.0, 70.0, 110.0, 90.0]), zoom="on")
     assert on.mask.shape == (160, 200)
-    x0, y0, x1, y1 = _crop_window(np.array([100.0, 80.0]), 80, 160, 200)
+    x0, y0, x1, y1 = _crop_window(np.array([100.0, 80.0]), 80, 160, 200)  # CONTEXT (4) x the 20 px box
     outside = np.ones((160, 200), bool)
     outside[y0:y1, x0:x1] = False
     assert not on.mask[outside].any()
