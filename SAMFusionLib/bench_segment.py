@@ -114,7 +114,7 @@ def run_benchmark(args) -> dict:
         "model": model.model_id,
         "device": model.device,
         "precision": args.precision,
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size or (1 if model.device == "cpu" else 4),
         "naive_s": round(naive_s, 4),
         "project_s": round(project_s, 4),
         "ratio": round(naive_s / project_s, 3),

@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cases", type=int, default=20, help="register: number of cases")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.add_argument("--slices", type=int, default=8, help="segment: ROI slices to segment (>= 8)")
-    bench.add_argument("--batch-size", type=int, default=4)
+    bench.add_argument("--batch-size", type=int, help="segment: slices per encoder call (default 1 on CPU, 4 on GPU)")
     bench.add_argument("--random-arch", help="time a randomly initialised model of this architecture (e.g. vit_b)")
     bench.add_argument("--precision", default="fp32", help="fp32, or bf16/fp16 autocast on CUDA")
     _add_model_options(bench)

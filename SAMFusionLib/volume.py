@@ -148,7 +148,7 @@ def segment_volume(
     min_score: float = 0.0,
     max_growth: float = 1.5,
     zoom: str = "auto",
-    batch_size: int = 4,
+    batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> VolumeSegmentation:
@@ -163,6 +163,8 @@ def segment_volume(
         min_score: stop propagating where SAM's score falls below this.
         max_growth: stop where a slice's mask exceeds this many times the previous slice's area.
         zoom: "auto" re-segments small targets in a crop around the prompt (``zoom.predict_zoomed``).
+        batch_size: slices per encoder call; default 1 on the CPU (batching measured slower there:
+            ratio 0.80 at 4 against 1.01 at 1) and 4 on a GPU.
     """
     if volume_kji.ndim != 3:
         raise SamFusionError(f"expected a 3D volume, got an array of {volume_kji.ndim} dimensions")
@@ -173,8 +175,12 @@ def segment_volume(
     plan = plan_prompts(prompts, geometry, axes)
     intensity = resolve_range(volume_kji, window)
 
+    rgb_cache: dict[int, np.ndarray] = {}
+
     def rgb_of(index: int) -> np.ndarray:
-        return to_sam_rgb(axes.take(volume_kji, index), intensity)
+        if index not in rgb_cache:  # each slice is converted once, however often it is visited
+            rgb_cache[index] = to_sam_rgb(axes.take(volume_kji, index), intensity)
+        return rgb_cache[index]
 
     mask = np.zeros(volume_kji.shape, dtype=np.uint8)
     scores: dict[int, float] = {}
@@ -193,6 +199,8 @@ def segment_volume(
         if plan.roi_box is None:
             raise SamFusionError("segmenting every slice needs an ROI (it gives each slice's box)")
         indices = list(range(plan.first, plan.last + 1))
+        if batch_size is None:
+            batch_size = 1 if segmenter.model.device == "cpu" else 4
         segmenter.embed_many([rgb_of(i) for i in indices], batch_size, progress, cancelled)
         for index in indices:
             points_xy, labels = plan.seeds.get(index, (None, None))

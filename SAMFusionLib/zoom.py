@@ -62,9 +62,9 @@ def predict_zoomed(
             size = POINT_CROP_PX / CONTEXT
         else:
             size = float(max(np.ptp(cols), np.ptp(rows))) + 1
+    if CONTEXT * size >= min(height, width):
+        return plain  # the target is not small: a crop would only cut it off
     x0, y0, x1, y1 = _crop_window(centre, CONTEXT * size, height, width)
-    if (x1 - x0) >= width and (y1 - y0) >= height:
-        return plain  # the crop would be the whole image: nothing to gain
     offset = np.array([x0, y0], float)
     segmenter.set_image(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
     crop_points = None if points is None else points - offset
