@@ -18,7 +18,9 @@ B-spline; default parameter maps) and SimpleITK (Mattes MI, affine).
 
 from __future__ import annotations
 
+import os
 import platform
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -195,7 +197,14 @@ def run_elastix(case: Case, bspline: bool) -> np.ndarray:
     if bspline:
         parameters.AddParameterMap(parameters.GetDefaultParameterMap("bspline"))
     _, result = itk.elastix_registration_method(fixed, moving, parameter_object=parameters, log_to_console=False)
-    field = itk.array_from_image(itk.transformix_deformation_field(moving, result))  # (H, W, 2): fixed -> moving displacement
+    # transformix writes deformationField.nii into the working folder: keep it out of the user's.
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)
+        try:
+            field = itk.array_from_image(itk.transformix_deformation_field(moving, result))  # (H, W, 2): fixed -> moving
+        finally:
+            os.chdir(previous)
     index = case.grid.to_index(case.points)
     x0, y0 = np.floor(index[:, 0]).astype(int), np.floor(index[:, 1]).astype(int)
     fx, fy = (index[:, 0] - x0)[:, None], (index[:, 1] - y0)[:, None]
