@@ -51,16 +51,6 @@ class ImageGeometry:
         """(3,) voxel size along i, j, k in millimetres."""
         return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
 
-    @property
-    def direction_ras(self) -> np.ndarray:
-        """(3, 3) unit column vectors of the i, j, k axes in RAS."""
-        return self.ijk_to_ras[:3, :3] / self.spacing_mm
-
-    @property
-    def origin_ras(self) -> np.ndarray:
-        """(3,) RAS position of voxel (0, 0, 0)'s centre."""
-        return self.ijk_to_ras[:3, 3].copy()
-
     def to_lps(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
         """(spacing_mm, origin_lps, direction_lps as 9 numbers row-major), for SimpleITK."""
         ijk_to_lps = LPS_TO_RAS @ self.ijk_to_ras

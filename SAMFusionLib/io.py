@@ -137,12 +137,3 @@ def write_mask_2d(mask: np.ndarray, path: Path, reference=None) -> None:
             image.CopyInformation(reference)
     atomic_write_image(image, path)
 
-
-def write_volume_mask(mask_kji: np.ndarray, path: Path, reference) -> None:
-    """Write a (k, j, i) 0/1 mask with the geometry of the SimpleITK volume ``reference``."""
-    import SimpleITK as sitk
-
-    path = check_output_path(path, (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd"))
-    image = sitk.GetImageFromArray(np.asarray(mask_kji, dtype=np.uint8))
-    image.CopyInformation(reference)
-    atomic_write_image(image, path)

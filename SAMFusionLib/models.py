@@ -8,7 +8,6 @@ modules: segment-anything's own ``Sam``, ``ImageEncoderViT``, ``PromptEncoder`` 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -243,11 +242,3 @@ def import_weights(model_id: str, source: Path, table: ModelTable | None = None)
         raise SamFusionError(f"model {model_id!r} is embedded in SAMFusion and needs no import")
     return import_file(entry.id, Path(source), entry.filename or f"{entry.id}.pth", entry.sha256)
 
-
-def state_fingerprint(state_dict: dict) -> str:
-    """A SHA1 over parameter names and bytes: identifies weights held only in memory."""
-    digest = hashlib.sha1()
-    for key in sorted(state_dict):
-        digest.update(key.encode())
-        digest.update(state_dict[key].detach().cpu().numpy().tobytes())
-    return digest.hexdigest()
