@@ -8,15 +8,9 @@ import numpy as np
 
 from .errors import SamFusionError
 from .fusion import FusionOptions, fuse
-from .io import Image2D, atomic_write_image, check_output_path, read_image_2d
+from .io import Image2D, atomic_write_image, check_output_path, grey_array, read_image_2d
 
 FUSED_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd", ".png")
-
-
-def _grey(image: Image2D) -> np.ndarray:
-    """(H, W) float32; RGB becomes luminance (ITU-R BT.601)."""
-    array = image.array.astype(np.float32)
-    return array @ np.array([0.299, 0.587, 0.114], np.float32) if array.ndim == 3 else array
 
 
 def _same_grid(a: Image2D, b: Image2D, what: str) -> None:
@@ -44,7 +38,7 @@ def fuse_files(a_path: Path, b_path: Path, out: Path, levels: int = 3, mask_a: P
         target = (mask.array > 0) if target is None else (target | (mask.array > 0))
     if target is not None and not target.any():
         raise SamFusionError("the target masks are empty")
-    fused = fuse(_grey(a), _grey(b), FusionOptions(levels=levels, match_threshold=threshold, base=base), target, normalize)
+    fused = fuse(grey_array(a), grey_array(b), FusionOptions(levels=levels, match_threshold=threshold, base=base), target, normalize)
     if out.name.lower().endswith(".png"):
         image = sitk.GetImageFromArray(np.clip(np.rint(fused), 0, 255).astype(np.uint8))
     else:

@@ -27,6 +27,12 @@ class Image2D:
     reference: object
 
 
+def grey_array(image: Image2D) -> np.ndarray:
+    """(H, W) float32 of a 2D image; RGB becomes luminance (ITU-R BT.601)."""
+    array = image.array.astype(np.float32)
+    return array @ np.array([0.299, 0.587, 0.114], np.float32) if array.ndim == 3 else array
+
+
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()

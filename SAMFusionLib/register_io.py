@@ -15,16 +15,11 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import SamFusionError
 from .grid2d import Grid2D
-from .io import atomic_write_image, check_output_path, read_image_2d
+from .io import atomic_write_image, check_output_path, grey_array, read_image_2d
 from .registration import RegistrationOptions, RegistrationResult, register_2d
 
 TRANSFORM_SUFFIXES = (".h5", ".tfm", ".hdf5", ".txt")
 IMAGE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd", ".png")
-
-
-def _grey(image) -> np.ndarray:
-    array = image.array.astype(np.float32)
-    return array @ np.array([0.299, 0.587, 0.114], np.float32) if array.ndim == 3 else array
 
 
 def _mask(path: Path | None, image_shape: tuple[int, int], what: str) -> np.ndarray | None:
@@ -58,7 +53,7 @@ def register_files(fixed_path: Path, moving_path: Path, out_transform: Path, fix
     fixed, moving = read_image_2d(fixed_path), read_image_2d(moving_path)
     fixed_grid, moving_grid = Grid2D.from_sitk(fixed.reference), Grid2D.from_sitk(moving.reference)
     result = register_2d(
-        _grey(fixed), fixed_grid, _grey(moving), moving_grid,
+        grey_array(fixed), fixed_grid, grey_array(moving), moving_grid,
         _mask(fixed_mask, fixed.array.shape[:2], "fixed"), _mask(moving_mask, moving.array.shape[:2], "moving"),
         RegistrationOptions(transform=transform),
     )
@@ -69,7 +64,7 @@ def register_files(fixed_path: Path, moving_path: Path, out_transform: Path, fix
         if out_resampled is not None:
             source = moving.reference
             if source.GetNumberOfComponentsPerPixel() > 1:
-                source = sitk.GetImageFromArray(_grey(moving))
+                source = sitk.GetImageFromArray(grey_array(moving))
                 source.CopyInformation(moving.reference)
             resampled = sitk.Resample(sitk.Cast(source, sitk.sitkFloat32), fixed.reference, result.sitk_transform, sitk.sitkLinear, 0.0)
             if out_resampled.name.lower().endswith(".png"):

@@ -93,7 +93,6 @@ class _Level:
         import torch
         import torch.nn.functional as F
 
-        self.factor = factor
         self.coarsest = coarsest
         self.fixed = [F.avg_pool2d(torch.as_tensor(m)[None, None], factor, ceil_mode=True) for m in fixed_maps]
         height, width = self.fixed[0].shape[-2:]
