@@ -268,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(bench)
     bench.set_defaults(func=cmd_bench)
 
+    from .run_cli import add_parser as add_run_parser
+
+    add_run_parser(commands)
+
     train = commands.add_parser("train", help="fine-tune SAM with focal + dice loss")
     train.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, history, loss plot)")
     train.add_argument("--preset", choices=["demo"], help="the embedded demo model's recipe")

@@ -122,11 +122,13 @@ class CtPhantom:
     stone_centers_ijk: list[tuple[float, float, float]]
 
 
-def ct_volume(rng: np.random.Generator, shape_kji: tuple[int, int, int] = (40, 96, 96), stone_count: int = 2) -> CtPhantom:
+def ct_volume(rng: np.random.Generator, shape_kji: tuple[int, int, int] = (40, 96, 96), stone_count: int = 2,
+              kidney_hu: float = 30.0) -> CtPhantom:
     """A seeded abdominal CT phantom in HU, axial slices along k, voxel units (geometry is the caller's).
 
     Contents: air -1000, body (fat -100 around muscle 50), spine (700), ribs (600), two kidneys
-    (30 HU, ellipsoids) and ``stone_count`` stones (300-1500 HU, radius 1-3 voxels) inside them.
+    (ellipsoids, ``kidney_hu``: 30 without contrast, about 150-250 in a contrast-enhanced
+    urographic phase) and ``stone_count`` stones (300-1500 HU, radius 1-3 voxels) inside them.
     """
     nk, nj, ni = shape_kji
     k, j, i = np.mgrid[0:nk, 0:nj, 0:ni].astype(np.float32)
@@ -150,7 +152,7 @@ def ct_volume(rng: np.random.Generator, shape_kji: tuple[int, int, int] = (40, 9
         # Patient left is image +i in a RAS-like display of an LPS array is not assumed: names are labels only.
         center = (ck + rng.uniform(-2, 2), cj + nj * 0.08, ci + side * ni * 0.2)
         kidney = ellipsoid(center, (nk * 0.3, nj * 0.1, ni * 0.07))
-        hu[kidney] = 30
+        hu[kidney] = kidney_hu
         masks[name] = kidney
     stone_mask = np.zeros(shape_kji, bool)
     for n in range(stone_count):

@@ -81,7 +81,9 @@ def _check_inputs(fixed, fixed_grid, moving, moving_grid, fixed_mask, moving_mas
     if (fixed_mask is None) != (moving_mask is None):
         raise SamFusionError("give both masks or neither")
     (low_f, high_f), (low_m, high_m) = fixed_grid.bounds(), moving_grid.bounds()
-    if np.any(np.minimum(high_f, high_m) <= np.maximum(low_f, low_m)):
+    # With masks the start comes from their moments, so the two frames may lie anywhere (an X-ray's
+    # detector frame and a CT projection's plane share no origin); without, they must overlap.
+    if fixed_mask is None and np.any(np.minimum(high_f, high_m) <= np.maximum(low_f, low_m)):
         raise SamFusionError("the fixed and moving images' fields of view do not overlap")
 
 
@@ -229,6 +231,10 @@ def register_2d(
     nonrigid = final == 3
     sitk_transform = transform.to_sitk(fixed_grid, nonrigid)
     passed, reason, quality = quality_check(fixed_mask, fixed_grid, moving_mask, moving_grid, sitk_transform, transform, options)
+    correlation = gradient_correlation_after(fixed, fixed_grid, moving, moving_grid, sitk_transform)
+    # Reported, not judged: measured 0.07-0.2 for correct registrations (TRE < 1.7 mm) of strongly
+    # non-linear X-ray renderings, and 0.24-0.42 for gross failures, so no threshold separates them.
+    quality["gradient_correlation"] = round(correlation, 4)
     report = {
         "transform": options.transform,
         "seconds": round(time.perf_counter() - start, 3),
@@ -239,6 +245,35 @@ def register_2d(
         "reason": reason,
     }
     return RegistrationResult(transform, sitk_transform, passed, reason, report)
+
+
+def gradient_correlation_after(fixed: np.ndarray, fixed_grid: Grid2D, moving: np.ndarray, moving_grid: Grid2D, sitk_transform) -> float:
+    """|gradient correlation| of the fixed image and the warped moving one over their overlap.
+
+    The mean of the normalised cross-correlations of the Sobel x and y derivatives, on fixed pixels
+    that the moving image covers (eroded by 2 px, so that its border is no edge). 0 without overlap.
+    """
+    import cv2
+    import SimpleITK as sitk
+
+    def warp(image: np.ndarray, interpolator) -> np.ndarray:
+        source = sitk.GetImageFromArray(np.ascontiguousarray(image, np.float32))
+        moving_grid.apply_to(source)
+        reference = sitk.Image(fixed_grid.shape_hw[1], fixed_grid.shape_hw[0], sitk.sitkFloat32)
+        fixed_grid.apply_to(reference)
+        return sitk.GetArrayFromImage(sitk.Resample(source, reference, sitk_transform, interpolator, 0.0))
+
+    warped = warp(moving, sitk.sitkLinear)
+    covered = cv2.erode((warp(np.ones_like(moving, np.float32), sitk.sitkNearestNeighbor) > 0).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    if covered.sum() < 16:
+        return 0.0
+    correlations = []
+    for dx, dy in ((1, 0), (0, 1)):
+        a = cv2.Sobel(np.asarray(fixed, np.float32), cv2.CV_32F, dx, dy)[covered]
+        b = cv2.Sobel(warped, cv2.CV_32F, dx, dy)[covered]
+        a, b = a - a.mean(), b - b.mean()
+        correlations.append(float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-12)))
+    return abs(float(np.mean(correlations)))
 
 
 def warp_mask(mask: np.ndarray, grid: Grid2D, reference_grid: Grid2D, sitk_transform) -> np.ndarray:

@@ -1,0 +1,257 @@
+"""The whole SAMFusion job, without Slicer: segment, project, register, resample, fuse, report.
+
+Inputs are arrays with their geometry and prompts in physical RAS (CT) or pixels (X-ray):
+
+1. segment the CT slice-wise and the X-ray (one embedding per image, reused by every prompt);
+2. when the CT is 3D, resample it onto the view grid and project it and its mask (a DRR,
+   ``radiograph``); a single-slice CT is used as it is;
+3. register the X-ray (moving) to the projection (fixed) on the SAM masks (``registration``);
+4. resample the X-ray onto the projection's grid;
+5. fuse them (Laplacian pyramid, ``fusion``);
+6. collect the report: timings, Match_Loss, Dice, the quality verdict.
+
+The result holds the transform in two forms: the 2D ITK transform (fixed frame -> moving frame)
+and its 3D RAS form for Slicer (``plane.linear_from_fixed_ras`` plus, when non-rigid, a
+displacement on the projection plane), both in the resampling direction (CT -> X-ray).
+
+``progress(step, fraction)`` is called as work advances; ``cancelled()`` is polled between and
+inside steps and stops the run with ``PipelineCancelled``. The pipeline never writes anything, so
+a cancelled or failed run leaves nothing behind; the callers (CLI, MRML) commit only on success.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import SamFusionError
+from .fusion import FusionOptions, fuse
+from .geometry import ImageGeometry
+from .intensity import resolve_range, to_sam_rgb
+from .plane import Plane, linear_from_fixed_ras
+from .radiograph import Radiograph, project_ct, resample, view_geometry
+from .registration import RegistrationOptions, RegistrationResult, register_2d
+from .segmenter import Segmenter
+from .volume import VolumePrompts, segment_volume
+from .xray_sim import warp_onto
+from .zoom import predict_zoomed
+
+STEPS = ("segment CT", "segment X-ray", "project", "register", "resample", "fuse")
+
+
+class PipelineCancelled(SamFusionError):
+    """The user cancelled the run."""
+
+
+@dataclass
+class XrayPrompts:
+    """Pixel prompts on the X-ray: (N, 2) points (x = column, y = row), (N,) labels 1/0, a box."""
+
+    points_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    box_xyxy: np.ndarray | None = None
+
+    @property
+    def empty(self) -> bool:
+        return len(self.points_xy) == 0 and self.box_xyxy is None
+
+
+@dataclass
+class PipelineInputs:
+    """ct_kji: (k, j, i) HU on ``ct_geometry`` (one slice for a 2D CT image); xray: (rows, columns)
+    grey values on ``xray_plane``."""
+
+    ct_kji: np.ndarray
+    ct_geometry: ImageGeometry
+    ct_prompts: VolumePrompts
+    xray: np.ndarray
+    xray_plane: Plane
+    xray_prompts: XrayPrompts
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    view: str = "AP"
+    ct_window: str = "auto"
+    xray_window: str = "auto"
+    zoom: str = "auto"
+    propagate: bool = True
+    fusion_levels: int = 3
+    registration: RegistrationOptions = RegistrationOptions()
+
+
+@dataclass
+class PipelineResult:
+    """ct_mask_kji: on the CT's own grid; xray_mask: (rows, columns) on the X-ray.
+
+    fixed: the CT's projection (or its single slice) with its mask and plane; the registered X-ray
+    and the fused image lie on ``fixed.plane``. ``from_ct_ras``: (4, 4) RAS -> RAS, CT-side points
+    to X-ray points (Slicer's "from parent"); ``displacement_ras``: (rows, columns, 3) mm on
+    ``fixed.plane``, applied before ``from_ct_ras``, or None for a linear result.
+    """
+
+    ct_mask_kji: np.ndarray
+    xray_mask: np.ndarray
+    fixed: Radiograph
+    registration: RegistrationResult
+    from_ct_ras: np.ndarray
+    displacement_ras: np.ndarray | None
+    xray_registered: np.ndarray
+    fused: np.ndarray
+    report: dict
+
+
+def check_inputs(inputs: PipelineInputs) -> None:
+    """Everything that can be checked before any work: shapes, finiteness, prompts present."""
+    if inputs.ct_kji.ndim != 3 or tuple(inputs.ct_kji.shape) != tuple(inputs.ct_geometry.shape_kji):
+        raise SamFusionError(f"the CT array {inputs.ct_kji.shape} does not match its geometry {inputs.ct_geometry.shape_kji}")
+    if inputs.xray.ndim != 2 or tuple(inputs.xray.shape) != tuple(inputs.xray_plane.shape_hw):
+        raise SamFusionError(f"the X-ray must be one 2D image matching its plane, got an array of shape {inputs.xray.shape}")
+    prompts = inputs.ct_prompts
+    if len(prompts.points_ras) == 0 and prompts.roi_corners_ras is None:
+        raise SamFusionError("no CT prompts: place at least one positive point or an ROI on the CT")
+    if len(prompts.points_ras) and not np.any(np.asarray(prompts.labels) == 1) and prompts.roi_corners_ras is None:
+        raise SamFusionError("the CT prompts have no positive point and no ROI")
+    if inputs.xray_prompts.empty:
+        raise SamFusionError("no X-ray prompts: place at least one positive point or an ROI on the X-ray")
+    height, width = inputs.xray.shape
+    points = np.asarray(inputs.xray_prompts.points_xy, float).reshape(-1, 2)
+    box = inputs.xray_prompts.box_xyxy
+    corners = points if box is None else np.r_[points, np.asarray(box, float).reshape(2, 2)]
+    outside = ~((corners >= -0.5) & (corners <= np.array([width, height]) - 0.5)).all(1)
+    if outside.any():
+        raise SamFusionError(f"an X-ray prompt lies outside the {width}x{height} image at pixel {corners[outside][0].round(1).tolist()}")
+
+
+def run_pipeline(
+    segmenter: Segmenter,
+    inputs: PipelineInputs,
+    options: PipelineOptions = PipelineOptions(),
+    progress: Callable[[str, float], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> PipelineResult:
+    """Run every step (see the module docstring); raises ``SamFusionError`` on bad input or failure."""
+    check_inputs(inputs)
+    timings: dict[str, float] = {}
+    is_3d = inputs.ct_kji.shape[0] > 1
+
+    def step(name: str, fraction: float = 0.0) -> None:
+        if cancelled is not None and cancelled():
+            raise PipelineCancelled(f"cancelled during '{name}'")
+        if progress is not None:
+            progress(name, fraction)
+
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    # 1. CT: segmented on the view grid, so the stored orientation (LPS, RAS, oblique) does not matter.
+    step("segment CT")
+    if is_3d:
+        grid = view_geometry(inputs.ct_geometry, options.view)
+        ct_view = resample(inputs.ct_kji.astype(np.float32), inputs.ct_geometry, grid, default=float(inputs.ct_kji.min()))
+        axis = _axis_nearest(grid, inputs.ct_geometry.ijk_to_ras[:3, 2])
+    else:
+        grid, ct_view, axis = inputs.ct_geometry, inputs.ct_kji.astype(np.float32), 2
+    segmentation = segment_volume(
+        segmenter, ct_view, grid, inputs.ct_prompts, slice_axis=axis, window=options.ct_window, propagate=options.propagate,
+        zoom=options.zoom, progress=lambda done, total: step("segment CT", done / max(total, 1)), cancelled=cancelled,
+    )
+    if not segmentation.mask_kji.any():
+        raise SamFusionError("SAM found nothing at the CT prompts: move them onto the target")
+    ct_mask = resample(segmentation.mask_kji, grid, inputs.ct_geometry, nearest=True) if is_3d else segmentation.mask_kji
+    lap("segment CT")
+
+    # 2. X-ray.
+    step("segment X-ray")
+    xray_rgb = to_sam_rgb(inputs.xray, resolve_range(inputs.xray, options.xray_window))
+    prompts = inputs.xray_prompts
+    has_points = len(prompts.points_xy) > 0
+    xray_prediction = predict_zoomed(
+        segmenter, xray_rgb, prompts.points_xy if has_points else None, prompts.labels if has_points else None, prompts.box_xyxy, options.zoom
+    )
+    xray_mask = xray_prediction.mask.astype(bool)
+    if not xray_mask.any():
+        raise SamFusionError("SAM found nothing at the X-ray prompts: move them onto the target")
+    lap("segment X-ray")
+
+    # 3. The fixed image: the CT's projection, or the CT image itself.
+    step("project")
+    if is_3d:
+        fixed = project_ct(ct_view, segmentation.mask_kji, inputs.ct_geometry, options.view, grid=grid)
+    else:
+        plane = Plane.from_geometry(inputs.ct_geometry)
+        ct_range = resolve_range(inputs.ct_kji[0], options.ct_window)
+        image = to_sam_rgb(inputs.ct_kji[0], ct_range)[..., 0].astype(np.float32)
+        fixed = Radiograph(image, segmentation.mask_kji[0].astype(bool), plane, inputs.ct_geometry)
+    lap("project")
+
+    # 4. Register the X-ray to it.
+    step("register")
+    fixed_grid, moving_grid = fixed.plane.grid(), inputs.xray_plane.grid()
+    moving = to_sam_rgb(inputs.xray, resolve_range(inputs.xray, options.xray_window))[..., 0].astype(np.float32)
+    registration = register_2d(fixed.image, fixed_grid, moving, moving_grid, fixed.mask, xray_mask, options.registration)
+    lap("register")
+
+    # 5. Resample, and express the transform in RAS.
+    step("resample")
+    xray_registered = warp_onto(moving, moving_grid, fixed_grid, registration.sitk_transform)
+    from_ct_ras, displacement_ras = transform_in_ras(registration.sitk_transform, fixed.plane, inputs.xray_plane)
+    lap("resample")
+
+    # 6. Fuse.
+    step("fuse")
+    registered_mask = warp_onto(xray_mask.astype(np.uint8), moving_grid, fixed_grid, registration.sitk_transform, nearest=True).astype(bool)
+    fused = fuse(fixed.image, xray_registered, FusionOptions(levels=options.fusion_levels), target=fixed.mask | registered_mask)
+    lap("fuse")
+    step("fuse", 1.0)
+
+    report = {
+        "timings_s": timings,
+        "total_s": round(sum(timings.values()), 3),
+        "ct": {
+            "dimensions": 3 if is_3d else 2,
+            "view": options.view if is_3d else None,
+            "mask_voxels": int(ct_mask.sum()),
+            "mask_volume_ml": round(float(ct_mask.sum() * np.prod(inputs.ct_geometry.spacing_mm)) / 1000.0, 3),
+            "slices_segmented": len(segmentation.slice_scores),
+            "mean_slice_score": round(float(np.mean(list(segmentation.slice_scores.values()))), 4) if segmentation.slice_scores else None,
+        },
+        "xray": {"mask_pixels": int(xray_mask.sum()), "score": round(float(xray_prediction.score), 4)},
+        "registration": registration.report,
+    }
+    return PipelineResult(ct_mask, xray_mask, fixed, registration, from_ct_ras, displacement_ras, xray_registered, fused, report)
+
+
+def _axis_nearest(grid: ImageGeometry, direction_ras: np.ndarray) -> int:
+    """The grid's IJK axis most nearly parallel to ``direction_ras`` (slices are cut across it)."""
+    axes = grid.ijk_to_ras[:3, :3] / grid.spacing_mm
+    return int(np.argmax(np.abs(axes.T @ (direction_ras / np.linalg.norm(direction_ras)))))
+
+
+def transform_in_ras(sitk_transform, fixed: Plane, moving: Plane) -> tuple[np.ndarray, np.ndarray | None]:
+    """The 2D fixed -> moving transform as (4, 4) RAS "from parent" matrix and optional displacement.
+
+    A composite (affine after a displacement field on the fixed grid) gives the field in RAS mm,
+    (rows, columns, 3); the matrix then applies after it.
+    """
+    import SimpleITK as sitk
+
+    if isinstance(sitk_transform, sitk.CompositeTransform) or sitk_transform.GetName() == "CompositeTransform":
+        composite = sitk.CompositeTransform(sitk_transform)
+        affine = sitk.AffineTransform(composite.GetNthTransform(0))
+        field_image = sitk.DisplacementFieldTransform(composite.GetNthTransform(1)).GetDisplacementField()
+        field_uv = sitk.GetArrayFromImage(field_image)  # (rows, columns, 2) in the fixed frame
+        displacement = field_uv[..., :1] * fixed.x_ras + field_uv[..., 1:] * fixed.y_ras
+    else:
+        affine, displacement = sitk.AffineTransform(sitk_transform), None
+    matrix = np.array(affine.GetMatrix()).reshape(2, 2)
+    centre, translation = np.array(affine.GetCenter()), np.array(affine.GetTranslation())
+    return linear_from_fixed_ras(fixed, moving, matrix, centre + translation - matrix @ centre), displacement

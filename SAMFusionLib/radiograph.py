@@ -1,0 +1,134 @@
+"""A CT volume seen as a radiograph: a view-aligned grid, resampling onto it, and the parallel DRR.
+
+A view fixes how the projection is displayed, the way radiographs are read (RAS unit vectors):
+
+- ``AP`` (frontal): columns toward patient left, rows toward inferior, rays antero-posterior.
+  The patient's right is on the viewer's left, head up.
+- ``LAT`` (left lateral): columns toward posterior, rows toward inferior, rays right to left.
+- ``SI`` (axial): columns toward patient left, rows toward posterior, rays along the body axis.
+
+``view_geometry`` builds a grid whose i, j, k axes are the view's column, row and ray
+directions, covering the CT, with the CT's own spacing along the nearest axes. Resampling onto it
+makes the analysis independent of how the CT was stored: an LPS and an RAS copy of one scan give
+the same voxels (their centres coincide), and an oblique scan is interpolated. The projection
+is then a sum along k, displayed as in ``projection.xray_image``, and lies on the plane through
+the CT's centre perpendicular to the rays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import SamFusionError
+from .geometry import ImageGeometry
+from .plane import Plane
+from .projection import line_integral, project_mask, xray_image
+
+VIEWS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "AP": ((-1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),
+    "LAT": ((0.0, -1.0, 0.0), (0.0, 0.0, -1.0)),
+    "SI": ((-1.0, 0.0, 0.0), (0.0, -1.0, 0.0)),
+}
+
+
+def view_axes(view: str) -> np.ndarray:
+    """(3, 3) columns: the view's column, row and ray directions in RAS."""
+    if view not in VIEWS:
+        raise SamFusionError(f"unknown view {view!r}: use one of {', '.join(VIEWS)}")
+    x_ras, y_ras = (np.array(v) for v in VIEWS[view])
+    return np.c_[x_ras, y_ras, np.cross(x_ras, y_ras)]
+
+
+def view_geometry(geometry: ImageGeometry, view: str = "AP") -> ImageGeometry:
+    """The view-aligned grid covering ``geometry``'s voxel centres (see the module docstring)."""
+    axes = view_axes(view)
+    directions = geometry.ijk_to_ras[:3, :3] / geometry.spacing_mm
+    # Each view axis takes the spacing of the CT axis most nearly parallel to it.
+    nearest = np.argmax(np.abs(axes.T @ directions), axis=1)
+    spacing = geometry.spacing_mm[nearest]
+    shape_ijk = np.array(geometry.shape_kji[::-1])
+    corners_ijk = np.array([[i, j, k] for i in (0, shape_ijk[0] - 1) for j in (0, shape_ijk[1] - 1) for k in (0, shape_ijk[2] - 1)])
+    coordinates = geometry.ijk_to_ras_points(corners_ijk) @ axes  # (8, 3) along column, row, ray
+    low, high = coordinates.min(0), coordinates.max(0)
+    # 1e-6 absorbs rounding so that an axis-aligned CT keeps exactly its own number of voxels.
+    counts = np.floor((high - low) / spacing + 1e-6).astype(int) + 1
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = axes * spacing
+    ijk_to_ras[:3, 3] = axes @ low
+    return ImageGeometry(ijk_to_ras, (int(counts[2]), int(counts[1]), int(counts[0])))
+
+
+def resample(volume_kji: np.ndarray, geometry: ImageGeometry, target: ImageGeometry, nearest: bool = False, default: float = 0.0) -> np.ndarray:
+    """Resample a (k, j, i) volume onto ``target``'s grid (linear, or nearest for masks)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume_kji))
+    _apply(image, geometry)
+    reference = sitk.Image([int(n) for n in target.shape_kji[::-1]], image.GetPixelID())
+    _apply(reference, target)
+    interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    return sitk.GetArrayFromImage(sitk.Resample(image, reference, sitk.Transform(), interpolator, float(default)))
+
+
+def _apply(image, geometry: ImageGeometry) -> None:
+    spacing, origin, direction = geometry.to_lps()
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(o) for o in origin])
+    image.SetDirection([float(d) for d in direction])
+
+
+@dataclass
+class Radiograph:
+    """A CT's parallel projection: the displayed image (rows, columns) 0..255, the target mask's
+    projection, the plane it lies on, and the view grid the CT was resampled onto."""
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    plane: Plane
+    view_geometry: ImageGeometry
+
+
+def project_ct(hu_kji: np.ndarray, mask_kji: np.ndarray | None, geometry: ImageGeometry, view: str = "AP",
+               grid: ImageGeometry | None = None) -> Radiograph:
+    """Project a CT (HU) and optionally its target mask, both given on ``grid`` when it is passed
+    (already resampled), else on ``geometry`` (resampled here)."""
+    if grid is None:
+        grid = view_geometry(geometry, view)
+        hu_kji = resample(hu_kji, geometry, grid, default=-1000.0)
+        if mask_kji is not None:
+            mask_kji = resample(mask_kji.astype(np.uint8), geometry, grid, nearest=True)
+    image = xray_image(line_integral(hu_kji, grid, axis=2))
+    projected = project_mask(mask_kji, axis=2) if mask_kji is not None else None
+    nk = grid.shape_kji[0]
+    # The plane through the middle of the rays, with the view grid's first two axes.
+    origin = grid.ijk_to_ras_points([[0.0, 0.0, (nk - 1) / 2.0]])[0]
+    spacing = grid.spacing_mm[:2]
+    plane = Plane(tuple(grid.shape_kji[1:]), spacing, origin, grid.ijk_to_ras[:3, 0] / spacing[0], grid.ijk_to_ras[:3, 1] / spacing[1])
+    image, projected, plane = square_pixels(image, projected, plane)
+    return Radiograph(image, projected, plane, grid)
+
+
+def square_pixels(image: np.ndarray, mask: np.ndarray | None, plane: Plane) -> tuple[np.ndarray, np.ndarray | None, Plane]:
+    """Resample a projection to square pixels of the finer spacing, as a radiograph has.
+
+    Thick CT slices would otherwise give a squashed image (e.g. 2.5 mm rows against 0.8 mm
+    columns). The plane's origin moves with the pixel centres: cv2 maps new pixel x' to old
+    (x' + 0.5) n / m - 0.5 for n old and m new pixels.
+    """
+    import cv2
+
+    target = float(plane.spacing_mm.min())
+    if np.allclose(plane.spacing_mm, target, rtol=1e-6):
+        return image, mask, plane
+    height, width = plane.shape_hw
+    extent = np.array([width, height]) * plane.spacing_mm
+    size = np.maximum(np.round(extent / target).astype(int), 1)  # (columns, rows)
+    spacing = extent / size
+    shift = 0.5 * spacing - 0.5 * plane.spacing_mm  # centre of new pixel 0, relative to old pixel 0
+    origin = plane.origin_ras + shift[0] * plane.x_ras + shift[1] * plane.y_ras
+    resized = cv2.resize(image.astype(np.float32), (int(size[0]), int(size[1])), interpolation=cv2.INTER_LINEAR)
+    if mask is not None:
+        mask = cv2.resize(mask.astype(np.uint8), (int(size[0]), int(size[1])), interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
+    return resized, mask, Plane((int(size[1]), int(size[0])), spacing, origin, plane.x_ras, plane.y_ras)

@@ -1,0 +1,258 @@
+"""``samfusion run``: the whole pipeline from files (or the embedded default case) to a Slicer scene.
+
+The inputs are loaded into a real headless MRML scene, the pipeline runs on the nodes
+(``scene_run``), and MRML writes everything into a fresh folder beside DIR: the inputs, both
+segmentations (``.seg.nrrd``), the projection, the transform(s) (``.h5``), the fused volume, the
+prompts (``.mrk.json``), the ``.mrml`` scene, ``report.json`` and ``report.png``. Only a complete
+folder is moved into DIR, so a failed run leaves no partial output.
+
+Prompt files (``--prompts``, Slicer markups ``.mrk.json``: point lists or ROIs) are assigned by
+name, file name first, then the markups node's name:
+- a name containing ``xray`` / ``x-ray`` / ``x_ray`` belongs to the X-ray, else one containing
+  ``ct`` as a word belongs to the CT; otherwise the points decide (all on the X-ray's plane ->
+  X-ray, all inside the CT -> CT);
+- a point list whose name contains ``neg`` holds negative points; otherwise each point's selected
+  state decides (selected = positive, Slicer's default).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import mrml
+from .errors import SamFusionError
+from .pipeline import PipelineOptions
+from .registration import RegistrationOptions
+from .scene_run import SceneInputs, read_inputs, run_on_scene
+
+XRAY_NAME = re.compile(r"x[-_ ]?ray", re.IGNORECASE)
+CT_NAME = re.compile(r"(^|[^a-z])ct([^a-z]|$)", re.IGNORECASE)
+NEGATIVE_NAME = re.compile(r"neg", re.IGNORECASE)
+
+
+def read_markups(scene, path: Path):
+    """A markups node (point list or ROI) read by MRML's own JSON storage node."""
+    path = Path(path)
+    if not path.is_file():
+        raise SamFusionError(f"prompt file not found: {path}")
+    try:
+        kind = json.loads(path.read_text())["markups"][0]["type"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise SamFusionError(f"{path.name} is not a Slicer markups file (.mrk.json)") from None
+    classes = {"Fiducial": ("vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsFiducialJsonStorageNode"),
+               "ROI": ("vtkMRMLMarkupsROINode", "vtkMRMLMarkupsROIJsonStorageNode")}
+    if kind not in classes:
+        raise SamFusionError(f"{path.name}: markups of type {kind!r} are not prompts; use a point list or an ROI")
+    node_class, storage_class = classes[kind]
+    name = path.name.removesuffix(".mrk.json")
+    node = scene.AddNewNodeByClass(node_class, name)
+    storage = scene.AddNewNodeByClass(storage_class if scene.IsNodeClassRegistered(storage_class) else "vtkMRMLMarkupsJsonStorageNode")
+    storage.SetFileName(str(path))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    if not storage.ReadData(node) or (kind == "Fiducial" and node.GetNumberOfControlPoints() == 0):
+        raise SamFusionError(f"{path.name}: no prompts could be read")
+    node.SetName(name)
+    return node
+
+
+def assign_prompts(nodes: list, ct_node, xray_node) -> SceneInputs:
+    """Sort markups nodes into the CT's and the X-ray's prompts (rules in the module docstring)."""
+    from .plane import Plane
+
+    _, ct_geometry = mrml.array_from_volume(ct_node)
+    _, plane = mrml.xray_from_volume(xray_node)
+    inputs = SceneInputs(ct_node, xray_node)
+    for node in nodes:
+        name = node.GetName()
+        is_roi = node.IsA("vtkMRMLMarkupsROINode")
+        if XRAY_NAME.search(name):
+            side = "xray"
+        elif CT_NAME.search(name):
+            side = "ct"
+        else:
+            side = _side_by_geometry(node, ct_geometry, plane, is_roi)
+        if is_roi:
+            slot = f"{side}_roi"
+        else:
+            slot = f"{side}_negative_points" if NEGATIVE_NAME.search(name) else f"{side}_points"
+        if getattr(inputs, slot) is not None:
+            raise SamFusionError(f"two prompt files for the {slot.replace('_', ' ')}: {getattr(inputs, slot).GetName()} and {name}")
+        setattr(inputs, slot, node)
+    assert isinstance(plane, Plane)
+    return inputs
+
+
+def _side_by_geometry(node, ct_geometry, plane, is_roi: bool) -> str:
+    points = mrml.roi_corners(node).mean(0, keepdims=True) if is_roi else mrml.control_points_ras(node)[0]
+    on_xray = True
+    try:
+        plane.ras_to_pixel(points)
+    except SamFusionError:
+        on_xray = False
+    in_ct = bool(ct_geometry.contains_ijk(ct_geometry.ras_to_ijk(points)).all())
+    if on_xray == in_ct:
+        where = "both images" if on_xray else "neither image"
+        raise SamFusionError(f"prompts {node.GetName()!r} fit {where}: put 'ct' or 'xray' in the file name")
+    return "xray" if on_xray else "ct"
+
+
+def _demo_scene(slicer_core):
+    """The embedded default case as nodes: (SceneInputs, case)."""
+    from .demo_case import make_demo_case
+
+    case = make_demo_case()
+    scene = slicer_core.scene
+    inputs = case.inputs
+    ct = mrml.add_volume(scene, inputs.ct_kji, inputs.ct_geometry, "phantom CT")
+    xray = mrml.add_image_2d(scene, inputs.xray, inputs.xray_plane, "phantom X-ray")
+    nodes = SceneInputs(ct, xray, target_name="kidney_left")
+    nodes.ct_points = mrml.add_fiducials(scene, inputs.ct_prompts.points_ras, "CT points")
+    nodes.ct_roi = mrml.add_roi(scene, inputs.ct_prompts.roi_corners_ras, "CT ROI")
+    prompts = inputs.xray_prompts
+    nodes.xray_points = mrml.add_fiducials(scene, inputs.xray_plane.pixel_to_ras(prompts.points_xy), "X-ray points")
+    box = np.asarray(prompts.box_xyxy, float)
+    corners = inputs.xray_plane.pixel_to_ras(np.array([[box[0], box[1]], [box[2], box[3]]]))
+    corners = np.r_[corners - inputs.xray_plane.normal_ras, corners + inputs.xray_plane.normal_ras]
+    nodes.xray_roi = mrml.add_roi(scene, corners, "X-ray ROI")
+    return nodes, case
+
+
+def _file_scene(slicer_core, args):
+    from .io import read_image_2d, read_volume
+    from .plane import Plane
+
+    scene = slicer_core.scene
+    ct_kji, ct_geometry, _ = read_volume(args.ct)
+    xray_image = read_image_2d(args.xray)
+    xray_array = xray_image.array
+    if xray_array.ndim == 3:  # an RGB file: its grey value
+        xray_array = xray_array.mean(-1)
+    ct = mrml.add_volume(scene, ct_kji, ct_geometry, Path(args.ct).name.split(".")[0] or "CT")
+    xray = mrml.add_image_2d(scene, xray_array.astype(np.float32), Plane.from_geometry(xray_image.geometry), Path(args.xray).name.split(".")[0] or "X-ray")
+    markups = [read_markups(scene, path) for path in args.prompts or []]
+    if not markups:
+        raise SamFusionError("no prompts: give --prompts FILE.mrk.json for the CT and the X-ray")
+    return assign_prompts(markups, ct, xray)
+
+
+def cmd_run(args) -> int:
+    from .cli import EXIT_QUALITY_FAILED, _load
+    from .report_png import write_report_png
+    from .segmenter import Segmenter
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SamFusionError(f"--out {out} exists and is not a folder")
+    if not out.resolve().parent.is_dir():
+        raise SamFusionError(f"the folder that should hold {out} does not exist: {out.resolve().parent}")
+    if (args.ct is None) != (args.xray is None):
+        raise SamFusionError("give both --ct and --xray, or neither (the embedded default case)")
+    if args.ct is None and args.prompts:
+        raise SamFusionError("--prompts needs --ct and --xray")
+
+    slicer_core = mrml.headless_scene()
+    if args.ct is None:
+        nodes, case = _demo_scene(slicer_core)
+    else:
+        nodes, case = _file_scene(slicer_core, args), None
+    model = _load(args)
+    options = PipelineOptions(view=args.view, fusion_levels=args.levels, registration=RegistrationOptions(transform=args.transform))
+    inputs_for_png = read_inputs(nodes)
+    progress = _progress_bar()
+    try:
+        outputs, result = run_on_scene(slicer_core.scene, nodes, Segmenter(model), options, progress=progress)
+    finally:
+        progress.close()
+
+    report = result.report
+    report["model"] = {"id": model.model_id, "architecture": model.architecture, "device": model.device,
+                       "demo_model": model.model_id == "samfusion-demo",
+                       "note": "a small demo model trained on phantoms and public data; not for clinical use" if model.model_id == "samfusion-demo" else ""}
+    if case is not None:
+        from .demo_case import tre_mm
+        from .metrics import dice
+
+        report["case"] = {
+            "name": "embedded default case",
+            "description": case.description,
+            "ct_dice_vs_truth": round(dice(result.ct_mask_kji, case.ct_target_mask), 4),
+            "xray_dice_vs_truth": round(dice(result.xray_mask, case.xray_target_mask), 4),
+            "registration_tre_mm": round(tre_mm(case, result.registration.sitk_transform), 3),
+        }
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.resolve().parent))
+    try:
+        files = mrml.save_scene(slicer_core.scene, staging, "SAMFusion.mrml")
+        report["files"] = sorted(p.name for p in files) + ["report.json", "report.png"]
+        (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
+        write_report_png(inputs_for_png, result, staging / "report.png")
+        _move_into(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    passed = report["registration"]["passed"]
+    print(f"samfusion run: {len(report['files'])} files in {out}; registration {'passed' if passed else 'FAILED'}: {report['registration']['reason']}")
+    if case is not None:
+        print(f"  default case: CT Dice {report['case']['ct_dice_vs_truth']:.3f}, X-ray Dice {report['case']['xray_dice_vs_truth']:.3f}, "
+              f"TRE {report['case']['registration_tre_mm']:.2f} mm")
+    return 0 if passed else EXIT_QUALITY_FAILED
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    """Move the finished folder's files into ``out`` (created when missing)."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    for path in staging.iterdir():
+        os.replace(path, out / path.name)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+class _progress_bar:
+    """tqdm over the pipeline's steps, callable as the pipeline's ``progress``."""
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        from .pipeline import STEPS
+
+        self.steps = STEPS
+        self.bar = tqdm(total=len(STEPS), desc="samfusion run", unit="step", leave=False)
+        self.done = 0
+
+    def __call__(self, step: str, fraction: float) -> None:
+        index = self.steps.index(step) if step in self.steps else 0
+        self.bar.set_postfix_str(step)
+        if index > self.done:
+            self.bar.update(index - self.done)
+            self.done = index
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def add_parser(commands) -> None:
+    run = commands.add_parser("run", help="the whole pipeline: segment, project, register, fuse; writes a Slicer scene")
+    run.add_argument("--ct", type=Path, help="CT volume (or a 2D CT image); omit with --xray for the embedded default case")
+    run.add_argument("--xray", type=Path, help="X-ray image")
+    run.add_argument("--prompts", type=Path, nargs="+", action="extend", help="Slicer markups files (.mrk.json): point lists and ROIs")
+    run.add_argument("--out", type=Path, default=Path("samfusion-run"), help="output folder (default: samfusion-run)")
+    run.add_argument("--transform", default="nonrigid", help="rigid, similarity, affine or nonrigid (default)")
+    run.add_argument("--view", default="AP", help="projection view of a 3D CT: AP (default), LAT or SI")
+    run.add_argument("--levels", type=int, default=3, help="fusion pyramid levels (default 3)")
+    from .cli import _add_model_options
+
+    _add_model_options(run)
+    run.set_defaults(func=cmd_run)
