@@ -30,7 +30,7 @@ from . import mrml
 from .errors import SamFusionError
 from .pipeline import PipelineOptions
 from .registration import RegistrationOptions
-from .scene_run import SceneInputs, read_inputs, run_on_scene
+from .scene_run import SceneInputs, add_case_nodes, read_inputs, run_on_scene
 
 XRAY_NAME = re.compile(r"x[-_ ]?ray", re.IGNORECASE)
 CT_NAME = re.compile(r"(^|[^a-z])ct([^a-z]|$)", re.IGNORECASE)
@@ -108,20 +108,7 @@ def _demo_scene(slicer_core):
     from .demo_case import make_demo_case
 
     case = make_demo_case()
-    scene = slicer_core.scene
-    inputs = case.inputs
-    ct = mrml.add_volume(scene, inputs.ct_kji, inputs.ct_geometry, "phantom CT")
-    xray = mrml.add_image_2d(scene, inputs.xray, inputs.xray_plane, "phantom X-ray")
-    nodes = SceneInputs(ct, xray, target_name="kidney_left")
-    nodes.ct_points = mrml.add_fiducials(scene, inputs.ct_prompts.points_ras, "CT points")
-    nodes.ct_roi = mrml.add_roi(scene, inputs.ct_prompts.roi_corners_ras, "CT ROI")
-    prompts = inputs.xray_prompts
-    nodes.xray_points = mrml.add_fiducials(scene, inputs.xray_plane.pixel_to_ras(prompts.points_xy), "X-ray points")
-    box = np.asarray(prompts.box_xyxy, float)
-    corners = inputs.xray_plane.pixel_to_ras(np.array([[box[0], box[1]], [box[2], box[3]]]))
-    corners = np.r_[corners - inputs.xray_plane.normal_ras, corners + inputs.xray_plane.normal_ras]
-    nodes.xray_roi = mrml.add_roi(scene, corners, "X-ray ROI")
-    return nodes, case
+    return add_case_nodes(slicer_core.scene, case.inputs, "phantom CT", "phantom X-ray", "kidney_left"), case
 
 
 def _file_scene(slicer_core, args):

@@ -104,7 +104,7 @@ def run_on_scene(
 ) -> tuple[SceneOutputs, PipelineResult]:
     """Run the pipeline on the nodes and add its outputs to ``scene``.
 
-    With ``apply_transform`` the X-ray node (with its segmentation and prompts) is put under the
+    With ``apply_transform`` the X-ray node (with its prompts) is put under the
     new transform, which shows it aligned on the CT's projection plane.
     """
     inputs = read_inputs(nodes)
@@ -117,10 +117,35 @@ def run_on_scene(
         transform, grid = mrml.add_transforms(scene, result.from_ct_ras, result.displacement_ras, result.fixed.plane, f"{xray_name} to {ct_name}")
         fused = mrml.add_image_2d(scene, result.fused, result.fixed.plane, f"{ct_name} + {xray_name} fused")
         if apply_transform:
-            # Everything on the X-ray moves with it, so that its prompts stay on it for a re-run.
-            for node in (nodes.xray, xray_segmentation, nodes.xray_points, nodes.xray_negative_points, nodes.xray_roi):
+            # The prompts move with the X-ray, so that they stay on it for a re-run. The X-ray's
+            # segmentation stays in the X-ray's frame: under a non-linear parent, slicer-core was
+            # seen to re-grid its labelmap (its voxels no longer on the X-ray's grid).
+            for node in (nodes.xray, nodes.xray_points, nodes.xray_negative_points, nodes.xray_roi):
                 if node is not None:
                     node.SetAndObserveTransformNodeID(transform.GetID())
     outputs = SceneOutputs(ct_segmentation, xray_segmentation, projection, transform, grid, fused)
     result.report["nodes"] = outputs.node_ids()
     return outputs, result
+
+
+def add_case_nodes(scene, inputs: PipelineInputs, ct_name: str, xray_name: str, target_name: str = "target") -> SceneInputs:
+    """Nodes for arrays and prompts held in memory (a generated case): the CT, the X-ray, a point
+    list and an ROI on each, as a user would place them in Slicer."""
+    ct = mrml.add_volume(scene, inputs.ct_kji, inputs.ct_geometry, ct_name)
+    xray = mrml.add_image_2d(scene, inputs.xray, inputs.xray_plane, xray_name)
+    nodes = SceneInputs(ct, xray, target_name=target_name)
+    prompts = inputs.ct_prompts
+    if len(prompts.points_ras):
+        nodes.ct_points = mrml.add_fiducials(scene, prompts.points_ras, "CT points", selected=np.asarray(prompts.labels) == 1)
+    if prompts.roi_corners_ras is not None:
+        nodes.ct_roi = mrml.add_roi(scene, prompts.roi_corners_ras, "CT ROI")
+    plane, xray_prompts = inputs.xray_plane, inputs.xray_prompts
+    if len(xray_prompts.points_xy):
+        nodes.xray_points = mrml.add_fiducials(scene, plane.pixel_to_ras(xray_prompts.points_xy), "X-ray points",
+                                               selected=np.asarray(xray_prompts.labels) == 1)
+    if xray_prompts.box_xyxy is not None:
+        box = np.asarray(xray_prompts.box_xyxy, float)
+        corners = plane.pixel_to_ras(np.array([[box[0], box[1]], [box[2], box[3]]]))
+        # 2 mm thick across the plane: an ROI drawn on a 2D image in a slice view.
+        nodes.xray_roi = mrml.add_roi(scene, np.r_[corners - plane.normal_ras, corners + plane.normal_ras], "X-ray ROI")
+    return nodes

@@ -1,0 +1,288 @@
+"""The pipeline end to end on real MRML scenes: the abdomen CT, the default case, orientations,
+scene safety, and ``samfusion run``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from SAMFusionLib import mrml
+from SAMFusionLib.cli import main
+from SAMFusionLib.demo_case import case_from_ct, make_demo_case, tre_mm
+from SAMFusionLib.errors import SamFusionError
+from SAMFusionLib.geometry import ImageGeometry
+from SAMFusionLib.metrics import dice
+from SAMFusionLib.pipeline import PipelineCancelled, run_pipeline
+from SAMFusionLib.radiograph import resample
+from SAMFusionLib.scene_run import add_case_nodes, run_on_scene
+from SAMFusionLib.segmenter import Segmenter
+
+from .test_geometry import rotation
+
+
+def run_case(case, model, **kwargs):
+    core = mrml.headless_scene()
+    nodes = add_case_nodes(core.scene, case.inputs, "CT", "X-ray", "kidney")
+    outputs, result = run_on_scene(core.scene, nodes, Segmenter(model), **kwargs)
+    return core, nodes, outputs, result
+
+
+def node_mapping_error_mm(outputs, result, case) -> float:
+    """Max distance between the transform nodes' and the registration's own mapping of the test points."""
+    plane, xray_plane = result.fixed.plane, case.inputs.xray_plane
+    world = plane.pixel_to_ras(plane.grid().to_index(case.test_points))
+    mapped = mrml.map_from_world(outputs.transform, world)
+    expected_uv = np.array([result.registration.sitk_transform.TransformPoint(tuple(p)) for p in case.test_points])
+    expected = xray_plane.pixel_to_ras(xray_plane.grid().to_index(expected_uv))
+    return float(np.linalg.norm(mapped - expected, axis=1).max())
+
+
+@pytest.fixture(scope="module")
+def abdomen_run(shared_data, demo_model):
+    from SAMFusionLib.shared_data import abdomen_ct
+
+    hu, geometry, _, masks = abdomen_ct()
+    case = case_from_ct(hu, geometry, masks["kidney_left"], np.random.default_rng(0), nonrigid=False)
+    return (case, *run_case(case, demo_model))
+
+
+def test_abdomen_ct_end_to_end_gives_nodes_on_the_right_grids(abdomen_run, tmp_path):
+    case, core, nodes, outputs, result = abdomen_run
+    ct_geometry = mrml.volume_geometry(nodes.ct)
+    ct_mask = mrml.segment_array(outputs.ct_segmentation, "kidney", nodes.ct)
+    assert ct_mask.shape == ct_geometry.shape_kji and ct_mask.any()
+    np.testing.assert_array_equal(ct_mask, result.ct_mask_kji)
+    xray_mask = mrml.segment_array(outputs.xray_segmentation, "kidney", nodes.xray)
+    assert xray_mask.shape == (1, *case.inputs.xray.shape) and xray_mask.any()
+    # The fused volume lies on the CT projection's plane grid, one slice.
+    fused_geometry = mrml.volume_geometry(outputs.fused)
+    np.testing.assert_allclose(fused_geometry.ijk_to_ras, result.fixed.plane.geometry().ijk_to_ras, atol=1e-9)
+    assert fused_geometry.shape_kji == (1, *result.fixed.plane.shape_hw)
+    assert mrml.array_from_volume(outputs.fused)[0].max() <= 255.0
+    # The transform nodes carry exactly the registration's result.
+    assert node_mapping_error_mm(outputs, result, case) < 0.05
+    # And the saved scene reloads with all nodes.
+    mrml.save_scene(core.scene, tmp_path, "scene.mrml")
+    reloaded = mrml.load_scene(tmp_path / "scene.mrml").scene
+    for name in ("CT", "X-ray", "CT segmentation", "X-ray segmentation", "X-ray to CT", "CT + X-ray fused", "CT points", "CT ROI"):
+        assert reloaded.GetFirstNodeByName(name) is not None, name
+    reloaded_ct = reloaded.GetFirstNodeByName("CT")
+    np.testing.assert_array_equal(mrml.segment_array(reloaded.GetFirstNodeByName("CT segmentation"), "kidney", reloaded_ct), ct_mask)
+
+
+def test_abdomen_ct_failure_is_never_reported_as_success(abdomen_run):
+    """The demo model cannot see this non-contrast kidney well (Dice measured about 0.4), so the
+    registration is off; the verdict must then say so."""
+    case, _, _, _, result = abdomen_run
+    tre = tre_mm(case, result.registration.sitk_transform)
+    if tre > 2.0:
+        assert not result.registration.passed, f"TRE {tre:.1f} mm reported as a pass: {result.registration.reason}"
+
+
+@pytest.mark.xfail(strict=True, reason="blocked by the demo model: its SAM masks of the non-contrast kidney have Dice about 0.4 "
+                   "(CT) and 0.4 (X-ray), measured TRE 80-97 mm; with ground-truth masks the same registration reaches 0.5-1.1 mm")
+def test_abdomen_ct_transform_recovers_the_known_transform_within_1_mm(abdomen_run):
+    case, _, _, _, result = abdomen_run
+    assert tre_mm(case, result.registration.sitk_transform) < 1.0
+
+
+@pytest.fixture(scope="module")
+def default_case():
+    return make_demo_case()
+
+
+@pytest.fixture(scope="module")
+def default_run(default_case, demo_model):
+    return run_case(default_case, demo_model)
+
+
+def test_default_case_segments_and_registers(default_case, default_run):
+    _, _, outputs, result = default_run
+    assert dice(result.ct_mask_kji, default_case.ct_target_mask) > 0.8  # measured 0.90
+    assert dice(result.xray_mask, default_case.xray_target_mask) > 0.5  # measured 0.63: the demo model's weak spot
+    assert tre_mm(default_case, result.registration.sitk_transform) < 5.0  # measured 3.0 mm
+    assert node_mapping_error_mm(outputs, result, default_case) < 0.05
+    assert outputs.grid_transform is not None  # the default transform is non-rigid
+
+
+@pytest.mark.xfail(strict=True, reason="the demo model's X-ray mask (Dice 0.63) biases the fit: measured TRE 3.0 mm; "
+                   "with ground-truth masks 0.5-1.1 mm")
+def test_default_case_transform_within_1_mm(default_case, default_run):
+    assert tre_mm(default_case, default_run[3].registration.sitk_transform) < 1.0
+
+
+def restored(case, kind: str):
+    """The same physical CT stored differently: as an RAS-ordered array, or on an oblique grid."""
+    inputs = case.inputs
+    geometry = inputs.ct_geometry
+    if kind == "ras":
+        flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+        flip[:2, 3] = np.array(geometry.shape_kji[::-1][:2]) - 1.0  # i' = n - 1 - i, j' = m - 1 - j
+        new_geometry = ImageGeometry(geometry.ijk_to_ras @ flip, geometry.shape_kji)
+        array = inputs.ct_kji[:, ::-1, ::-1].copy()
+    else:
+        centre = geometry.ijk_to_ras_points(np.array([[(n - 1) / 2 for n in geometry.shape_kji[::-1]]]))[0]
+        turn = np.eye(4)
+        turn[:3, :3] = rotation([0.2, 0.1, 1.0], 7.0)
+        turn[:3, 3] = centre - turn[:3, :3] @ centre
+        new_geometry = ImageGeometry(turn @ geometry.ijk_to_ras, geometry.shape_kji)
+        array = resample(inputs.ct_kji, geometry, new_geometry, default=-1000.0)
+    return replace(case, inputs=replace(inputs, ct_kji=array, ct_geometry=new_geometry))
+
+
+@pytest.mark.parametrize("kind", ["ras", "oblique"])
+def test_the_same_case_stored_differently_gives_the_same_result_in_ras(default_case, default_run, demo_model, kind):
+    reference = default_run[3]
+    other_case = restored(default_case, kind)
+    _, _, outputs, other = run_case(other_case, demo_model)
+    # CT masks compared in RAS: resampled onto the reference grid.
+    back = resample(other.ct_mask_kji, other_case.inputs.ct_geometry, default_case.inputs.ct_geometry, nearest=True)
+    # The projection frame is the view's, whatever the storage (its extent grows for an oblique grid),
+    # so the same frame points can be compared.
+    np.testing.assert_allclose(other.fixed.plane.rotation, reference.fixed.plane.rotation, atol=1e-9)
+    mapped = np.array([other.registration.sitk_transform.TransformPoint(tuple(p)) for p in default_case.test_points])
+    expected = np.array([reference.registration.sitk_transform.TransformPoint(tuple(p)) for p in default_case.test_points])
+    spread = np.linalg.norm(mapped - expected, axis=1).mean()
+    if kind == "ras":
+        np.testing.assert_array_equal(back, reference.ct_mask_kji)  # identical voxels after the view resampling
+        assert spread < 1e-3
+    else:
+        assert dice(back, reference.ct_mask_kji) > 0.85
+        # The interpolated CT gives slightly different SAM masks, which move the fit within the
+        # demo model's accuracy (default case TRE 3.0 mm): measured spread 2.6 mm.
+        assert spread < 3.0
+        assert tre_mm(other_case, other.registration.sitk_transform) < 5.0
+
+
+# --- scene safety ---------------------------------------------------------------------------------
+
+def scene_state(scene) -> list[str]:
+    return mrml.node_ids(scene)
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("no prompts", "no CT prompts"),
+    ("roi outside", "ROI's centre lies outside the CT volume"),
+    ("xray 3 slices", "single 2D image, but it has 3 slices"),
+    ("xray point off plane", "off the X-ray's plane"),
+])
+def test_bad_input_leaves_the_scene_as_it_was(default_case, demo_model, problem, message):
+    core = mrml.headless_scene()
+    nodes = add_case_nodes(core.scene, default_case.inputs, "CT", "X-ray", "kidney")
+    if problem == "no prompts":
+        nodes.ct_points = nodes.ct_roi = None
+    elif problem == "roi outside":
+        nodes.ct_points = None
+        nodes.ct_roi = mrml.add_roi(core.scene, np.array([[500.0, 500, 500], [520, 520, 520]]), "far ROI")
+    elif problem == "xray 3 slices":
+        geometry = default_case.inputs.xray_plane.geometry()
+        geometry = ImageGeometry(geometry.ijk_to_ras, (3, *geometry.shape_kji[1:]))
+        nodes.xray = mrml.add_volume(core.scene, np.zeros(geometry.shape_kji, np.float32), geometry, "stack")
+    else:
+        nodes.xray_points = mrml.add_fiducials(core.scene, np.array([[10.0, 10.0, 40.0]]), "off plane")
+    before = scene_state(core.scene)
+    with pytest.raises(SamFusionError, match=message):
+        run_on_scene(core.scene, nodes, Segmenter(demo_model))
+    assert scene_state(core.scene) == before
+
+
+def test_cancel_in_the_middle_leaves_the_scene_as_it_was(default_case, demo_model):
+    core = mrml.headless_scene()
+    nodes = add_case_nodes(core.scene, default_case.inputs, "CT", "X-ray", "kidney")
+    before = scene_state(core.scene)
+    seen = []
+
+    def progress(step, fraction):
+        seen.append(step)
+
+    # Cancelled once the X-ray is segmented: the next check, before projecting, stops the run.
+    with pytest.raises(PipelineCancelled, match="cancelled during 'project'"):
+        run_on_scene(core.scene, nodes, Segmenter(demo_model), progress=progress, cancelled=lambda: "segment X-ray" in seen)
+    assert scene_state(core.scene) == before
+    assert seen[0] == "segment CT" and "segment X-ray" in seen
+
+
+def test_a_new_prompt_costs_only_the_decoder(default_case, demo_model):
+    """The embedding cache is shared: a re-run with a moved X-ray prompt encodes no image again."""
+    segmenter = Segmenter(demo_model)
+    run_pipeline(segmenter, default_case.inputs)
+    encoded, reused = segmenter.cache.misses, segmenter.cache.hits
+    assert encoded > 1  # the CT slices and the X-ray
+    prompts = default_case.inputs.xray_prompts
+    moved = replace(default_case.inputs, xray_prompts=replace(prompts, points_xy=prompts.points_xy + 1.0))
+    run_pipeline(segmenter, moved)
+    assert segmenter.cache.misses == encoded
+    assert segmenter.cache.hits > reused
+
+
+# --- samfusion run ----------------------------------------------------------------------------------
+
+def test_run_without_arguments_writes_the_default_case(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["run", "--out", str(out)])
+    assert code in (0, 3)
+    report = json.loads((out / "report.json").read_text())
+    for name in report["files"]:
+        assert (out / name).is_file(), name
+    names = set(report["files"])
+    assert {"SAMFusion.mrml", "report.json", "report.png", "phantom_CT_segmentation.seg.nrrd", "phantom_X-ray_segmentation.seg.nrrd"} <= names
+    assert any(n.endswith("fused.nrrd") for n in names) and any(n.endswith(".h5") for n in names)
+    assert report["model"]["demo_model"] is True and "not for clinical use" in report["model"]["note"]
+    assert report["registration"]["passed"] == (code == 0)
+    for key in ("dice_before", "dice_after", "match_loss_before", "match_loss_after", "reason"):
+        assert key in report["registration"]
+    assert set(report["timings_s"]) == {"segment CT", "segment X-ray", "project", "register", "resample", "fuse"}
+    assert report["case"]["ct_dice_vs_truth"] > 0.8
+    reloaded = mrml.load_scene(out / "SAMFusion.mrml").scene
+    assert reloaded.GetFirstNodeByName("phantom CT + phantom X-ray fused") is not None
+    import cv2
+
+    picture = cv2.imread(str(out / "report.png"))
+    assert picture is not None and picture.shape[0] > 400 and picture.shape[1] > 700
+
+
+def test_run_from_files_with_markups_prompts(tmp_path, demo_model):
+    """Write the default case as files (volumes + .mrk.json by MRML), then run on them."""
+    case = make_demo_case()
+    core = mrml.headless_scene()
+    add_case_nodes(core.scene, case.inputs, "CT", "X-ray", "kidney")
+    inputs_dir = tmp_path / "inputs"
+    inputs_dir.mkdir()
+    mrml.save_scene(core.scene, inputs_dir)
+    out = tmp_path / "out"
+    prompts = [str(inputs_dir / f"{name}.mrk.json") for name in ("CT_points", "CT_ROI", "X-ray_points", "X-ray_ROI")]
+    code = main(["run", "--ct", str(inputs_dir / "CT.nrrd"), "--xray", str(inputs_dir / "X-ray.nrrd"), "--prompts", *prompts, "--out", str(out)])
+    assert code in (0, 3)
+    report = json.loads((out / "report.json").read_text())
+    assert report["ct"]["mask_voxels"] > 0 and report["xray"]["mask_pixels"] > 0
+    # The same prompts through files give the same CT mask as in memory.
+    in_memory = run_pipeline(Segmenter(demo_model), case.inputs)
+    assert report["ct"]["mask_voxels"] == int(in_memory.ct_mask_kji.sum())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ct", "missing.nrrd"], "give both --ct and --xray"),
+    (["--prompts", "a.mrk.json"], "--prompts needs --ct and --xray"),
+])
+def test_run_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert main(["run", *args, "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("samfusion: error:") and message in error and "\n" not in error
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_run_with_a_missing_prompt_file_writes_nothing(tmp_path, capsys):
+    case = make_demo_case()
+    core = mrml.headless_scene()
+    add_case_nodes(core.scene, case.inputs, "CT", "X-ray", "kidney")
+    inputs_dir = tmp_path / "inputs"
+    inputs_dir.mkdir()
+    mrml.save_scene(core.scene, inputs_dir)
+    out = tmp_path / "out"
+    code = main(["run", "--ct", str(inputs_dir / "CT.nrrd"), "--xray", str(inputs_dir / "X-ray.nrrd"), "--prompts", str(tmp_path / "nope.mrk.json"), "--out", str(out)])
+    assert code == 2 and "prompt file not found" in capsys.readouterr().err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["inputs"]
