@@ -1,22 +1,34 @@
-"""SAMFusion Slicer module.
+"""SAMFusion Slicer module: Module, Widget, Logic and Test.
 
-The engine is ``SAMFusionLib`` (Qt-free, tested headless). This file holds the Module, Widget,
-Logic and Test classes. The full panel (CT and X-ray selectors, prompts, Apply/Cancel, registration
-and fusion outputs) is the pipeline issue's work; until then the panel says so and the Logic offers
-what the engine already does: checking the model table and the prompt engine's set-up.
+The engine is ``SAMFusionLib`` (Qt-free, tested headless on a real MRML scene). The Logic is thin
+over ``SAMFusionLib.scene_run.run_on_scene``, the same call ``samfusion run`` makes; the Widget
+only binds the panel to a typed parameter node and turns Apply into Cancel while running.
 """
 
 import logging
+from typing import Annotated
 
 import slicer
+import vtk
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
+
+# Imports the engine needs, with the pip name to install when one is missing.
+REQUIREMENTS = {
+    "SimpleITK": "SimpleITK",
+    "cv2": "opencv-python-headless",
+    "tqdm": "tqdm",
+    "segment_anything": "segment-anything",
+}
 
 
 class SAMFusion(ScriptedLoadableModule):
@@ -27,14 +39,62 @@ class SAMFusion(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["SAMFusion developers"]
         self.parent.helpText = _(
-            "Segment Anything on CT volumes and X-ray images from fiducial and ROI prompts, "
-            "markerless CT/X-ray registration on the SAM masks, and Laplacian-pyramid fusion. "
+            "Segment Anything on a CT volume and an X-ray image from fiducial and ROI prompts, markerless "
+            "CT/X-ray registration on the SAM masks (Match_Loss), and Laplacian-pyramid fusion. "
             "The embedded model is a small demo model, not for clinical use."
         )
         self.parent.acknowledgementText = _("Built on Meta's segment-anything (Apache-2.0).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
-class SAMFusionWidget(ScriptedLoadableModuleWidget):
+def registerSampleData():
+    """The default case (CT phantom + X-ray) in Sample Data, with SHA256 checksums."""
+    import SampleData
+
+    from SAMFusionLib.models import resources_dir
+    from SAMFusionLib.sample_data import sample_table
+
+    table = sample_table()
+    files = table["files"]
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category=table["category"],
+        sampleName=table["name"],
+        thumbnailFileName=str(resources_dir() / table["thumbnail"]),
+        uris=[entry["url"] for entry in files],
+        fileNames=[entry["file"] for entry in files],
+        nodeNames=[entry["node"] for entry in files],
+        checksums=[f"SHA256:{entry['sha256']}" for entry in files],
+    )
+
+
+@parameterNodeWrapper
+class SAMFusionParameterNode:
+    ct: vtkMRMLScalarVolumeNode
+    ctPoints: vtkMRMLMarkupsFiducialNode
+    ctNegativePoints: vtkMRMLMarkupsFiducialNode
+    ctRoi: vtkMRMLMarkupsROINode
+    xray: vtkMRMLScalarVolumeNode
+    xrayPoints: vtkMRMLMarkupsFiducialNode
+    xrayNegativePoints: vtkMRMLMarkupsFiducialNode
+    xrayRoi: vtkMRMLMarkupsROINode
+    model: str = "samfusion-demo"
+    device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
+    transform: Annotated[str, Choice(["rigid", "similarity", "affine", "nonrigid"])] = "nonrigid"
+    view: Annotated[str, Choice(["AP", "LAT", "SI"])] = "AP"
+    levels: Annotated[int, WithinRange(1, 6)] = 3
+    applyTransform: bool = True
+
+
+class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._running = False
+        self._cancelRequested = False
+
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SAMFusion.ui"))
@@ -42,29 +102,252 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SAMFusionLogic()
-        self.ui.statusLabel.text = self.logic.modelSummary()
+
+        for combo, values in (
+            (self.ui.modelComboBox, self.logic.modelIds()),
+            (self.ui.deviceComboBox, ["auto", "cpu", "cuda", "mps"]),
+            (self.ui.transformComboBox, ["rigid", "similarity", "affine", "nonrigid"]),
+            (self.ui.viewComboBox, ["AP", "LAT", "SI"]),
+        ):
+            combo.addItems(values)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.downloadButton.connect("clicked(bool)", self.onDownloadButton)
+        self.ui.importButton.connect("clicked(bool)", self.onImportButton)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None):
+        if self._running:
+            return
+        node = self._parameterNode
+        ready = bool(node and node.ct and node.xray and (node.ctPoints or node.ctRoi) and (node.xrayPoints or node.xrayRoi))
+        self.ui.applyButton.enabled = ready
+        self.ui.applyButton.toolTip = _("Segment, register and fuse") if ready else _("Select the CT, the X-ray, and prompts on each")
+
+    def onApplyButton(self):
+        if self._running:  # the button reads Cancel while running
+            self._cancelRequested = True
+            self.ui.statusLabel.text = _("Cancelling...")
+            return
+        if not self.logic.ensureRequirements():
+            return
+        self._running, self._cancelRequested = True, False
+        self.ui.applyButton.text = _("Cancel")
+        self.ui.progressBar.value = 0
+        try:
+            with slicer.util.tryWithErrorDisplay(_("SAMFusion failed."), waitCursor=True):
+                report = self.logic.process(self._parameterNode, self._onProgress, lambda: self._cancelRequested)
+                verdict = report["registration"]
+                self.ui.statusLabel.text = _("Registration {result}: {reason}").format(
+                    result=_("passed") if verdict["passed"] else _("FAILED"), reason=verdict["reason"]
+                )
+        finally:
+            self._running = False
+            self.ui.applyButton.text = _("Apply")
+            self._checkCanApply()
+
+    def _onProgress(self, step, fraction):
+        from SAMFusionLib.pipeline import STEPS
+
+        index = STEPS.index(step) if step in STEPS else 0
+        self.ui.progressBar.value = int(100 * (index + fraction) / len(STEPS))
+        self.ui.statusLabel.text = step
+        slicer.app.processEvents()  # keeps Cancel clickable during the run
+
+    def onDownloadButton(self):
+        with slicer.util.tryWithErrorDisplay(_("Download failed."), waitCursor=True):
+            path = self.logic.downloadWeights(self._parameterNode.model)
+            self.ui.statusLabel.text = _("Weights ready: {path}").format(path=path)
+
+    def onImportButton(self):
+        import qt
+
+        fileName = qt.QFileDialog.getOpenFileName(None, _("Import SAM weights"), "", "Checkpoints (*.pth *.pt)")
+        if not fileName:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Import failed."), waitCursor=True):
+            path = self.logic.importWeights(self._parameterNode.model, fileName)
+            self.ui.statusLabel.text = _("Imported into {path}").format(path=path)
 
 
 class SAMFusionLogic(ScriptedLoadableModuleLogic):
-    """Thin over SAMFusionLib; never touches widgets."""
+    """Thin over SAMFusionLib; never touches widgets. One segmenter (and embedding cache) per model
+    and device is kept, so that re-running with one new prompt costs only the decoder."""
 
-    def modelSummary(self) -> str:
-        """One line naming the default model and how many models the table offers."""
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._segmenters = {}
+
+    def getParameterNode(self):
+        return SAMFusionParameterNode(super().getParameterNode())
+
+    def modelIds(self):
         from SAMFusionLib.models import load_table
 
         table = load_table()
-        return _("Default model: {name}; {count} models in the table.").format(name=table.default, count=len(table.models))
+        return [table.default] + [m for m in table.models if m != table.default]
+
+    def ensureRequirements(self, askConfirmation=True):
+        """Install missing engine requirements, after confirmation: torch through PyTorchUtils when
+        that extension is present, the rest with pip. Returns False when the user declines."""
+        import importlib.util
+
+        missing = [pip for module, pip in REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
+        needTorch = importlib.util.find_spec("torch") is None
+        if not missing and not needTorch:
+            return True
+        names = (["torch"] if needTorch else []) + missing
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+            _("SAMFusion needs these Python packages: {names}. Install them now?").format(names=", ".join(names))
+        ):
+            return False
+        if needTorch:
+            try:
+                import PyTorchUtils
+
+                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+                    return False
+            except ImportError:
+                slicer.util.pip_install("torch torchvision")
+        if missing:
+            slicer.util.pip_install(" ".join(missing))
+        return True
+
+    def segmenter(self, model, device):
+        from SAMFusionLib.models import load_model
+        from SAMFusionLib.segmenter import Segmenter
+
+        key = (model, device)
+        if key not in self._segmenters:
+            self._segmenters[key] = Segmenter(load_model(model, device=device))
+        return self._segmenters[key]
+
+    def process(self, parameterNode, progress=None, cancelled=None):
+        """Run the pipeline on the parameter node's nodes; returns the report (a dict).
+
+        Outputs: two segmentation nodes, the CT projection, the transform node(s) and the fused
+        volume. On error or cancel the scene is left as it was (``SceneTransaction``).
+        """
+        from SAMFusionLib.pipeline import PipelineOptions
+        from SAMFusionLib.registration import RegistrationOptions
+        from SAMFusionLib.scene_run import SceneInputs, run_on_scene
+
+        p = parameterNode
+        nodes = SceneInputs(p.ct, p.xray, p.ctPoints, p.ctNegativePoints, p.ctRoi, p.xrayPoints, p.xrayNegativePoints, p.xrayRoi)
+        options = PipelineOptions(view=p.view, fusion_levels=p.levels, registration=RegistrationOptions(transform=p.transform))
+        outputs, result = run_on_scene(
+            slicer.mrmlScene, nodes, self.segmenter(p.model, p.device), options, progress, cancelled, apply_transform=p.applyTransform
+        )
+        logging.info(f"SAMFusion: {result.report['registration']['reason']}; {result.report['timings_s']}")
+        return result.report
+
+    def downloadWeights(self, model):
+        from SAMFusionLib.models import load_model
+
+        return load_model(model, device="cpu").model_id
+
+    def importWeights(self, model, fileName):
+        from SAMFusionLib.models import import_weights
+
+        return str(import_weights(model, fileName))
 
 
 class SAMFusionTest(ScriptedLoadableModuleTest):
+    """The headless end-to-end scenario (Testing/test_pipeline.py) inside Slicer: the default case
+    (the abdomen CT when ``SAMFUSION_SHARED_DATA`` points at the shared data) as nodes, the Logic,
+    and checks on the output nodes."""
+
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_model_table()
+        self.test_end_to_end()
+        self.setUp()
+        self.test_bad_input_leaves_the_scene_as_it_was()
 
-    def test_model_table(self):
-        summary = SAMFusionLogic().modelSummary()
-        logging.info(summary)
-        self.assertIn("samfusion-demo", summary)
+    def _case(self):
+        from SAMFusionLib.demo_case import make_demo_case
+        from SAMFusionLib.scene_run import add_case_nodes
+
+        case = make_demo_case()
+        nodes = add_case_nodes(slicer.mrmlScene, case.inputs, "CT", "X-ray", "kidney")
+        parameterNode = SAMFusionLogic().getParameterNode()
+        parameterNode.ct, parameterNode.xray = nodes.ct, nodes.xray
+        parameterNode.ctPoints, parameterNode.ctRoi = nodes.ct_points, nodes.ct_roi
+        parameterNode.xrayPoints, parameterNode.xrayRoi = nodes.xray_points, nodes.xray_roi
+        parameterNode.device = "cpu"
+        return case, nodes, parameterNode
+
+    def test_end_to_end(self):
+        import numpy as np
+
+        from SAMFusionLib import mrml
+
+        case, nodes, parameterNode = self._case()
+        report = SAMFusionLogic().process(parameterNode)
+        ids = report["nodes"]
+        segmentation = slicer.mrmlScene.GetNodeByID(ids["ct_segmentation"])
+        mask = mrml.segment_array(segmentation, "kidney", nodes.ct)
+        self.assertEqual(mask.shape, tuple(case.inputs.ct_geometry.shape_kji))
+        self.assertGreater(int(mask.sum()), 0)
+        fused = slicer.mrmlScene.GetNodeByID(ids["fused"])
+        self.assertEqual(mrml.volume_geometry(fused).shape_kji[0], 1)
+        transform = slicer.mrmlScene.GetNodeByID(ids["transform"])
+        self.assertIs(nodes.xray.GetParentTransformNode(), transform)
+        # The transform node maps projection-plane points near where the known transform puts them
+        # (within the demo model's accuracy, as in Testing/test_pipeline.py).
+        plane, xrayPlane = case.inputs.xray_plane, case.inputs.xray_plane
+        fixedPlane = mrml.xray_from_volume(slicer.mrmlScene.GetNodeByID(ids["projection"]))[1]
+        world = fixedPlane.pixel_to_ras(fixedPlane.grid().to_index(case.test_points))
+        mapped = mrml.map_from_world(transform, world)
+        truth = np.array([case.truth.TransformPoint(tuple(p)) for p in case.test_points])
+        expected = xrayPlane.pixel_to_ras(plane.grid().to_index(truth))
+        error = float(np.linalg.norm(mapped - expected, axis=1).mean())
+        logging.info(f"SAMFusionTest: TRE {error:.2f} mm; {report['registration']['reason']}")
+        self.assertLess(error, 5.0)
+
+    def test_bad_input_leaves_the_scene_as_it_was(self):
+        from SAMFusionLib import mrml
+        from SAMFusionLib.errors import SamFusionError
+
+        _, _, parameterNode = self._case()
+        parameterNode.ctPoints, parameterNode.ctRoi = None, None
+        before = mrml.node_ids(slicer.mrmlScene)
+        with self.assertRaises(SamFusionError):
+            SAMFusionLogic().process(parameterNode)
+        self.assertEqual(mrml.node_ids(slicer.mrmlScene), before)

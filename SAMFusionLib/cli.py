@@ -268,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(bench)
     bench.set_defaults(func=cmd_bench)
 
+    sample = commands.add_parser("sample-data", help="write the Slicer sample data set (the default case's CT and X-ray)")
+    sample.add_argument("folder", type=Path)
+    sample.set_defaults(func=cmd_sample_data)
+
     from .run_cli import add_parser as add_run_parser
 
     add_run_parser(commands)
@@ -281,13 +285,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--arch", help="architecture to train (default samfusion_tiny)")
     train.add_argument("--init", type=Path, help="checkpoint to start from (fine-tuning)")
     train.add_argument("--trainable", choices=["all", "decoder"])
-    train.add_argument("--source", action="append", help="phantom, phantom-ct, shared-lungs, shared-stones, shared-kidneys, or IMAGES_DIR:MASKS_DIR")
+    train.add_argument("--source", action="append", help="phantom, phantom-ct, phantom-xray, shared-lungs, shared-stones, shared-kidneys, or IMAGES_DIR:MASKS_DIR")
     train.add_argument("--seed", type=int)
     train.add_argument("--device", default="auto")
     train.add_argument("--no-resume", action="store_true")
     train.add_argument("--export", type=Path, help="copy the final state dict here when done")
     train.set_defaults(func=cmd_train)
     return parser
+
+
+def cmd_sample_data(args) -> int:
+    from .sample_data import sample_table, write_sample_files
+    from .weights import sha256_file
+
+    pinned = {entry["node"]: entry["sha256"] for entry in sample_table()["files"]}
+    for name, path in write_sample_files(args.folder).items():
+        digest = sha256_file(path)
+        print(f"{path}  {digest}  {'matches the pinned SHA256' if digest == pinned.get(name) else 'DIFFERS from the pinned SHA256'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

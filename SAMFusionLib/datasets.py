@@ -39,6 +39,41 @@ def phantom_ct_slices() -> SampleSource:
     return draw
 
 
+def phantom_radiographs() -> SampleSource:
+    """Radiographs of CT phantoms (``radiograph.project_ct``, the default case's X-ray look) with the
+    spine, a contrast-filled kidney or a stone as the target.
+
+    Kidneys are targets only when contrast makes them visible (>= 300 HU); 1 in 4 images has the
+    inverted display polarity of some detectors.
+    """
+    from .demo_case import xray_contrast
+    from .geometry import ImageGeometry
+    from .radiograph import project_ct
+
+    def draw(rng: np.random.Generator):
+        import cv2
+
+        size = int(rng.integers(80, 140))
+        shape = (int(rng.integers(32, 64)), size, size)
+        kidney_hu = float(rng.choice([30.0, rng.uniform(300, 1500)]))
+        phantom = ct_volume(rng, shape, stone_count=int(rng.integers(0, 5)), kidney_hu=kidney_hu)
+        spacing = float(rng.uniform(0.8, 1.6))
+        geometry = ImageGeometry.from_lps((spacing, spacing, spacing * rng.uniform(1.0, 3.0)), (0.0, 0.0, 0.0), np.eye(3), shape)
+        names = ["spine"] + (["kidney_left", "kidney_right"] if kidney_hu >= 300 else []) + (["stones"] if phantom.masks["stones"].any() else [])
+        name = names[rng.integers(len(names))]
+        radiograph = project_ct(phantom.hu_kji, phantom.masks[name], geometry, "AP")
+        target = radiograph.mask
+        if name == "stones":  # one stone: a connected component of the projected stones
+            count, labels = cv2.connectedComponents(target.astype(np.uint8))
+            target = labels == int(rng.integers(1, count)) if count > 1 else target
+        image = xray_contrast(radiograph.image, rng, gamma=float(rng.uniform(0.6, 1.8)))
+        if rng.random() < 0.25:
+            image = 255.0 - image
+        return np.repeat(image.astype(np.uint8)[:, :, None], 3, axis=2), target
+
+    return draw
+
+
 def folder_pairs(images_dir: Path, masks_dir: Path) -> SampleSource:
     """Images with same-stem mask files; each distinct non-zero mask value is one target object."""
     import cv2
@@ -121,7 +156,7 @@ def shared_kidneys() -> SampleSource:
     return draw
 
 
-DEMO_SOURCES = ["phantom", "phantom-ct", "shared-lungs", "shared-stones", "shared-kidneys"]
+DEMO_SOURCES = ["phantom", "phantom-ct", "phantom-xray", "shared-lungs", "shared-stones", "shared-kidneys"]
 
 
 def make_sources(names: list[str]) -> list[SampleSource]:
@@ -129,6 +164,7 @@ def make_sources(names: list[str]) -> list[SampleSource]:
     makers = {
         "phantom": phantom_scenes,
         "phantom-ct": phantom_ct_slices,
+        "phantom-xray": phantom_radiographs,
         "shared-lungs": lambda: shared_lungs("train"),
         "shared-stones": lambda: shared_stones("train"),
         "shared-kidneys": shared_kidneys,

@@ -177,7 +177,7 @@ def cmd_run(args) -> int:
     try:
         files = mrml.save_scene(slicer_core.scene, staging, "SAMFusion.mrml")
         report["files"] = sorted(p.name for p in files) + ["report.json", "report.png"]
-        (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
+        (staging / "report.json").write_text(json.dumps(_finite(report), indent=2, default=_json_default, allow_nan=False))
         write_report_png(inputs_for_png, result, staging / "report.png")
         _move_into(staging, out)
     finally:
@@ -197,6 +197,17 @@ def _move_into(staging: Path, out: Path) -> None:
         return
     for path in staging.iterdir():
         os.replace(path, out / path.name)
+
+
+def _finite(value):
+    """JSON has no infinity or NaN: such figures (e.g. Match_Loss with no overlap) become null."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    if isinstance(value, float | np.floating) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _json_default(value):
@@ -221,7 +232,8 @@ class _progress_bar:
 
     def __call__(self, step: str, fraction: float) -> None:
         index = self.steps.index(step) if step in self.steps else 0
-        self.bar.set_postfix_str(step)
+        if index > self.done or self.done == 0 and not self.bar.postfix:
+            self.bar.set_postfix_str(step)
         if index > self.done:
             self.bar.update(index - self.done)
             self.done = index

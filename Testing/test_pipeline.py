@@ -286,3 +286,13 @@ def test_run_with_a_missing_prompt_file_writes_nothing(tmp_path, capsys):
     code = main(["run", "--ct", str(inputs_dir / "CT.nrrd"), "--xray", str(inputs_dir / "X-ray.nrrd"), "--prompts", str(tmp_path / "nope.mrk.json"), "--out", str(out)])
     assert code == 2 and "prompt file not found" in capsys.readouterr().err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["inputs"]
+
+
+def test_sample_data_files_match_their_pinned_sha256(tmp_path):
+    """The files the Slicer module registers as sample data are the default case, bit for bit."""
+    from SAMFusionLib.sample_data import sample_table, write_sample_files
+    from SAMFusionLib.weights import sha256_file
+
+    written = write_sample_files(tmp_path)
+    for entry in sample_table()["files"]:
+        assert sha256_file(written[entry["node"]]) == entry["sha256"], entry["file"]
