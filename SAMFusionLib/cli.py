@@ -272,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("folder", type=Path)
     sample.set_defaults(func=cmd_sample_data)
 
+    from .evaluate_cli import add_parsers as add_evaluate_parsers
     from .run_cli import add_parser as add_run_parser
+
+    add_evaluate_parsers(commands)
 
     add_run_parser(commands)
 
