@@ -28,6 +28,7 @@ REQUIREMENTS = {
     "cv2": "opencv-python-headless",
     "tqdm": "tqdm",
     "segment_anything": "segment-anything",
+    "pycocotools": "pycocotools",
 }
 
 
