@@ -117,6 +117,7 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.downloadButton.connect("clicked(bool)", self.onDownloadButton)
         self.ui.importButton.connect("clicked(bool)", self.onImportButton)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.initializeParameterNode()
 
     def cleanup(self):
@@ -205,6 +206,21 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Imported into {path}").format(path=path)
 
 
+    def onExportButton(self):
+        import qt
+
+        segmentation = self.ui.exportSegmentationSelector.currentNode()
+        if segmentation is None:
+            self.ui.statusLabel.text = _("Select a segmentation to export.")
+            return
+        folder = qt.QFileDialog.getExistingDirectory(None, _("Export segmentation to"))
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            paths = self.logic.exportSegmentation(segmentation, folder)
+            self.ui.statusLabel.text = _("Exported {count} files to {folder}").format(count=len(paths), folder=folder)
+
+
 class SAMFusionLogic(ScriptedLoadableModuleLogic):
     """Thin over SAMFusionLib; never touches widgets. One segmenter (and embedding cache) per model
     and device is kept, so that re-running with one new prompt costs only the decoder."""
@@ -275,6 +291,17 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         )
         logging.info(f"SAMFusion: {result.report['registration']['reason']}; {result.report['timings_s']}")
         return result.report
+
+    def exportSegmentation(self, segmentationNode, folder):
+        """Every format that fits the segmentation's reference image (``SAMFusionLib.export``)."""
+        from SAMFusionLib.export import FORMATS, export_segmentation
+
+        reference = segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
+        if reference is None:
+            raise ValueError(_("The segmentation has no reference volume; set its geometry from a volume first."))
+        flat = reference.GetImageData() is not None and reference.GetImageData().GetDimensions()[2] == 1
+        formats = FORMATS if flat else tuple(f for f in FORMATS if f not in ("png", "coco"))
+        return export_segmentation(segmentationNode, reference, folder, formats)
 
     def downloadWeights(self, model):
         from SAMFusionLib.models import load_model

@@ -145,3 +145,42 @@ def test_saved_scene_reloads_with_every_node(core, tmp_path):
     np.testing.assert_array_equal(mrml.segment_array(segmentation, "target", volume_back), mask)
     assert scene.GetFirstNodeByName("identity") is not None
     assert scene.GetFirstNodeByName("points").GetNumberOfControlPoints() == 1
+
+
+def test_export_writes_every_format_of_a_2d_segmentation(core, tmp_path):
+    from pycocotools.coco import COCO
+
+    from SAMFusionLib.export import export_segmentation
+
+    plane = Plane((40, 50), np.array([0.5, 0.5]), np.zeros(3), np.array([-1.0, 0, 0]), np.array([0, -1.0, 0]))
+    image = mrml.add_image_2d(core.scene, np.zeros((40, 50), np.float32), plane, "xray")
+    first = np.zeros((1, 40, 50), np.uint8)
+    first[0, 5:15, 5:20] = 1
+    second = np.zeros((1, 40, 50), np.uint8)
+    second[0, 25:35, 30:45] = 1
+    segmentation = mrml.add_segmentation(core.scene, first, image, "left")
+    extra = mrml.add_segmentation(core.scene, second, image, "right")
+    segmentation.GetSegmentation().CopySegmentFromSegmentation(extra.GetSegmentation(), extra.GetSegmentation().GetNthSegmentID(0))
+    paths = export_segmentation(segmentation, image, tmp_path)
+    assert sorted(p.name for p in paths) == sorted(["xray_segmentation.seg.nrrd", "xray_segmentation_labels.nrrd", "xray_segmentation_labels.nii.gz",
+                                                    "xray_segmentation_labels.png", "xray_segmentation_coco.json"])
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "xray_segmentation_labels.nrrd")))
+    np.testing.assert_array_equal(labels, first + 2 * second)
+    coco = COCO(str(tmp_path / "xray_segmentation_coco.json"))
+    decoded = {coco.loadCats(a["category_id"])[0]["name"]: coco.annToMask(a) for a in coco.loadAnns(coco.getAnnIds())}
+    np.testing.assert_array_equal(decoded["left"], first[0])
+    np.testing.assert_array_equal(decoded["right"], second[0])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
+
+
+def test_export_refuses_png_for_a_volume_and_writes_nothing(core, tmp_path):
+    from SAMFusionLib.export import export_segmentation
+
+    geometry = oblique_geometry()
+    volume = mrml.add_volume(core.scene, np.zeros(geometry.shape_kji, np.float32), geometry, "ct")
+    mask = np.zeros(geometry.shape_kji, np.uint8)
+    mask[1:3, 4:9, 6:10] = 1
+    segmentation = mrml.add_segmentation(core.scene, mask, volume, "target")
+    with pytest.raises(SamFusionError, match="need a 2D"):
+        export_segmentation(segmentation, volume, tmp_path, ("seg.nrrd", "png"))
+    assert list(tmp_path.iterdir()) == []
