@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from .atomic import staged_folder
 from .errors import SamFusionError
+from .io import check_out_folder
 
 EXIT_SOME_FILES_FAILED = 1
 
@@ -48,32 +48,13 @@ def label_reader(args):
     return lambda path, shape: labels_io.point_targets(index, path, shape)
 
 
-def _check_out(out: Path) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SamFusionError(f"--out {out} exists and is not a folder")
-    if not out.resolve().parent.is_dir():
-        raise SamFusionError(f"the folder that should hold {out} does not exist")
-    return out
-
-
-def _publish(staging: Path, out: Path) -> None:
-    import os
-
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    for path in staging.iterdir():
-        os.replace(path, out / path.name)
-
-
 def cmd_evaluate(args) -> int:
     import cv2
 
     from . import evaluate
     from .models import load_model
 
-    out = _check_out(args.out)
+    out = check_out_folder(args.out)
     if not args.images.is_dir():
         raise SamFusionError(f"image folder not found: {args.images}")
     protocols = ["prompted", "automatic"] if args.protocol == "both" else [args.protocol]
@@ -96,17 +77,13 @@ def cmd_evaluate(args) -> int:
     folder = args.images.resolve()
     title = args.title or (folder.parent.name if folder.name == "images" else folder.name)
     table = evaluate.format_table(result, title, args.prompt)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.resolve().parent))
-    try:
+    with staged_folder(out) as staging:
         (staging / "table.md").write_text(table + "\n")
         payload = {"title": title, "subset": args.subset, "images": result.images, "prompt": args.prompt, "protocols": protocols,
                    "target_filter": vars(target_filter), "rows": result.rows, "failures": result.failures}
         (staging / "table.json").write_text(json.dumps(payload, indent=2))
         if not cv2.imwrite(str(staging / "overlays.png"), evaluate.overlay_examples(result)):
             raise SamFusionError("cannot write overlays.png")
-        _publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     print(table)
     for failure in result.failures:
         print(f"samfusion: skipped: {failure}", flush=True, file=sys.stderr)
@@ -117,7 +94,7 @@ def cmd_annotate(args) -> int:
     from .annotate import annotate_folder, annotate_volume, disk_cached_segmenter
     from .cli import _load
 
-    out = _check_out(args.out)
+    out = check_out_folder(args.out)
     source = Path(args.input)
     if not source.exists():
         raise SamFusionError(f"input not found: {source}")

@@ -120,6 +120,16 @@ def check_output_path(path: Path, suffixes: tuple[str, ...] = MASK_SUFFIXES) -> 
     return path
 
 
+def check_out_folder(path: Path) -> Path:
+    """Validate an output folder before any work: a folder (or nothing yet) in an existing folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SamFusionError(f"--out {path} exists and is not a folder")
+    if not path.resolve().parent.is_dir():
+        raise SamFusionError(f"the folder that should hold {path} does not exist: {path.resolve().parent}")
+    return path
+
+
 def atomic_write_image(image, path: Path) -> None:
     """Write a SimpleITK image to a temporary file beside ``path``, then rename it into place."""
     import SimpleITK as sitk

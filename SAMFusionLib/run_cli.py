@@ -18,16 +18,15 @@ name, file name first, then the markups node's name:
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from . import mrml
+from .atomic import staged_folder
 from .errors import SamFusionError
+from .io import check_out_folder
 from .pipeline import PipelineOptions
 from .registration import RegistrationOptions
 from .scene_run import SceneInputs, add_case_nodes, read_inputs, run_on_scene
@@ -134,11 +133,7 @@ def cmd_run(args) -> int:
     from .report_png import write_report_png
     from .segmenter import Segmenter
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise SamFusionError(f"--out {out} exists and is not a folder")
-    if not out.resolve().parent.is_dir():
-        raise SamFusionError(f"the folder that should hold {out} does not exist: {out.resolve().parent}")
+    out = check_out_folder(args.out)
     if (args.ct is None) != (args.xray is None):
         raise SamFusionError("give both --ct and --xray, or neither (the embedded default case)")
     if args.ct is None and args.prompts:
@@ -173,30 +168,17 @@ def cmd_run(args) -> int:
             "xray_dice_vs_truth": round(dice(result.xray_mask, case.xray_target_mask), 4),
             "registration_tre_mm": round(tre_mm(case, result.registration.sitk_transform), 3),
         }
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.resolve().parent))
-    try:
+    with staged_folder(out) as staging:
         files = mrml.save_scene(slicer_core.scene, staging, "SAMFusion.mrml")
         report["files"] = sorted(p.name for p in files) + ["report.json", "report.png"]
         (staging / "report.json").write_text(json.dumps(_finite(report), indent=2, default=_json_default, allow_nan=False))
         write_report_png(inputs_for_png, result, staging / "report.png")
-        _move_into(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     passed = report["registration"]["passed"]
     print(f"samfusion run: {len(report['files'])} files in {out}; registration {'passed' if passed else 'FAILED'}: {report['registration']['reason']}")
     if case is not None:
         print(f"  default case: CT Dice {report['case']['ct_dice_vs_truth']:.3f}, X-ray Dice {report['case']['xray_dice_vs_truth']:.3f}, "
               f"TRE {report['case']['registration_tre_mm']:.2f} mm")
     return 0 if passed else EXIT_QUALITY_FAILED
-
-
-def _move_into(staging: Path, out: Path) -> None:
-    """Move the finished folder's files into ``out`` (created when missing)."""
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    for path in staging.iterdir():
-        os.replace(path, out / path.name)
 
 
 def _finite(value):

@@ -137,15 +137,11 @@ def test_annotate_reports_bad_files_and_finishes_the_rest(tmp_path, capsys, demo
 
 def test_annotate_volume_writes_a_slicer_segmentation(tmp_path, demo_model):
     from SAMFusionLib import mrml
-    from SAMFusionLib.demo_case import make_demo_case
-    from SAMFusionLib.scene_run import add_case_nodes
 
-    case = make_demo_case()
-    core = mrml.headless_scene()
-    add_case_nodes(core.scene, case.inputs, "CT", "X-ray", "kidney")
+    from .test_pipeline import write_case_files
+
     inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    mrml.save_scene(core.scene, inputs)
+    case = write_case_files(inputs)
     out = tmp_path / "out"
     assert main(["annotate", str(inputs / "CT.nrrd"), "--markups", str(inputs / "CT_ROI.mrk.json"), "--out", str(out)]) == 0
     reloaded = mrml.headless_scene()

@@ -244,14 +244,20 @@ def test_run_without_arguments_writes_the_default_case(tmp_path, capsys):
     assert picture is not None and picture.shape[0] > 400 and picture.shape[1] > 700
 
 
-def test_run_from_files_with_markups_prompts(tmp_path, demo_model):
-    """Write the default case as files (volumes + .mrk.json by MRML), then run on them."""
+def write_case_files(folder):
+    """The default case as files, written by MRML: CT.nrrd, X-ray.nrrd and the prompts' .mrk.json."""
     case = make_demo_case()
     core = mrml.headless_scene()
     add_case_nodes(core.scene, case.inputs, "CT", "X-ray", "kidney")
+    folder.mkdir()
+    mrml.save_scene(core.scene, folder)
+    return case
+
+
+def test_run_from_files_with_markups_prompts(tmp_path, demo_model):
+    """Write the default case as files (volumes + .mrk.json by MRML), then run on them."""
     inputs_dir = tmp_path / "inputs"
-    inputs_dir.mkdir()
-    mrml.save_scene(core.scene, inputs_dir)
+    case = write_case_files(inputs_dir)
     out = tmp_path / "out"
     prompts = [str(inputs_dir / f"{name}.mrk.json") for name in ("CT_points", "CT_ROI", "X-ray_points", "X-ray_ROI")]
     code = main(["run", "--ct", str(inputs_dir / "CT.nrrd"), "--xray", str(inputs_dir / "X-ray.nrrd"), "--prompts", *prompts, "--out", str(out)])
@@ -276,12 +282,8 @@ def test_run_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, me
 
 
 def test_run_with_a_missing_prompt_file_writes_nothing(tmp_path, capsys):
-    case = make_demo_case()
-    core = mrml.headless_scene()
-    add_case_nodes(core.scene, case.inputs, "CT", "X-ray", "kidney")
     inputs_dir = tmp_path / "inputs"
-    inputs_dir.mkdir()
-    mrml.save_scene(core.scene, inputs_dir)
+    write_case_files(inputs_dir)
     out = tmp_path / "out"
     code = main(["run", "--ct", str(inputs_dir / "CT.nrrd"), "--xray", str(inputs_dir / "X-ray.nrrd"), "--prompts", str(tmp_path / "nope.mrk.json"), "--out", str(out)])
     assert code == 2 and "prompt file not found" in capsys.readouterr().err
