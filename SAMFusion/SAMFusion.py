@@ -82,6 +82,7 @@ class SAMFusionParameterNode:
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     transform: Annotated[str, Choice(["rigid", "similarity", "affine", "nonrigid"])] = "nonrigid"
     view: Annotated[str, Choice(["AP", "LAT", "SI"])] = "AP"
+    projection: Annotated[str, Choice(["parallel", "perspective"])] = "parallel"
     levels: Annotated[int, WithinRange(1, 6)] = 3
     applyTransform: bool = True
 
@@ -109,6 +110,7 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.deviceComboBox, ["auto", "cpu", "cuda", "mps"]),
             (self.ui.transformComboBox, ["rigid", "similarity", "affine", "nonrigid"]),
             (self.ui.viewComboBox, ["AP", "LAT", "SI"]),
+            (self.ui.projectionComboBox, ["parallel", "perspective"]),
         ):
             combo.addItems(values)
 
@@ -285,7 +287,7 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
 
         p = parameterNode
         nodes = SceneInputs(p.ct, p.xray, p.ctPoints, p.ctNegativePoints, p.ctRoi, p.xrayPoints, p.xrayNegativePoints, p.xrayRoi)
-        options = PipelineOptions(view=p.view, fusion_levels=p.levels, registration=RegistrationOptions(transform=p.transform))
+        options = PipelineOptions(view=p.view, projection=p.projection, fusion_levels=p.levels, registration=RegistrationOptions(transform=p.transform))
         outputs, result = run_on_scene(
             slicer.mrmlScene, nodes, self.segmenter(p.model, p.device), options, progress, cancelled, apply_transform=p.applyTransform
         )

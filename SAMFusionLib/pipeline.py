@@ -4,7 +4,8 @@ Inputs are arrays with their geometry and prompts in physical RAS (CT) or pixels
 
 1. segment the CT slice-wise and the X-ray (one embedding per image, reused by every prompt);
 2. when the CT is 3D, resample it onto the view grid and project it and its mask (a DRR,
-   ``radiograph``); a single-slice CT is used as it is;
+   ``radiograph``: parallel, or perspective from a point source onto a flat detector); a
+   single-slice CT is used as it is;
 3. register the X-ray (moving) to the projection (fixed) on the SAM masks (``registration``);
 4. resample the X-ray onto the projection's grid;
 5. fuse them (Laplacian pyramid, ``fusion``);
@@ -32,7 +33,7 @@ from .fusion import FusionOptions, fuse
 from .geometry import ImageGeometry
 from .intensity import resolve_range, to_sam_rgb
 from .plane import Plane, linear_from_fixed_ras
-from .radiograph import Radiograph, project_ct, resample, view_geometry
+from .radiograph import Radiograph, perspective_for, project_ct, project_ct_perspective, resample, view_geometry
 from .registration import RegistrationOptions, RegistrationResult, register_2d
 from .segmenter import Segmenter
 from .volume import VolumePrompts, segment_volume
@@ -75,6 +76,9 @@ class PipelineInputs:
 @dataclass(frozen=True)
 class PipelineOptions:
     view: str = "AP"
+    projection: str = "parallel"  # or "perspective": a point source and a flat detector (``radiograph.perspective_for``)
+    source_to_centre_mm: float = 1000.0
+    source_to_detector_mm: float = 1500.0
     ct_window: str = "auto"
     xray_window: str = "auto"
     zoom: str = "auto"
@@ -135,6 +139,8 @@ def run_pipeline(
 ) -> PipelineResult:
     """Run every step (see the module docstring); raises ``SamFusionError`` on bad input or failure."""
     check_inputs(inputs)
+    if options.projection not in ("parallel", "perspective"):
+        raise SamFusionError(f"unknown projection {options.projection!r}: use parallel or perspective")
     timings: dict[str, float] = {}
     is_3d = inputs.ct_kji.shape[0] > 1
 
@@ -184,7 +190,10 @@ def run_pipeline(
 
     # 3. The fixed image: the CT's projection, or the CT image itself.
     step("project")
-    if is_3d:
+    if is_3d and options.projection == "perspective":
+        perspective = perspective_for(inputs.ct_geometry, options.view, options.source_to_centre_mm, options.source_to_detector_mm)
+        fixed = project_ct_perspective(ct_view, segmentation.mask_kji, grid, perspective)
+    elif is_3d:
         fixed = project_ct(ct_view, segmentation.mask_kji, inputs.ct_geometry, options.view, grid=grid)
     else:
         plane = Plane.from_geometry(inputs.ct_geometry)
@@ -219,6 +228,7 @@ def run_pipeline(
         "ct": {
             "dimensions": 3 if is_3d else 2,
             "view": options.view if is_3d else None,
+            "projection": options.projection if is_3d else None,
             "mask_voxels": int(ct_mask.sum()),
             "mask_volume_ml": round(float(ct_mask.sum() * np.prod(inputs.ct_geometry.spacing_mm)) / 1000.0, 3),
             "slices_segmented": len(segmentation.slice_scores),

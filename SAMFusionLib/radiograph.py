@@ -132,3 +132,85 @@ def square_pixels(image: np.ndarray, mask: np.ndarray | None, plane: Plane) -> t
     if mask is not None:
         mask = cv2.resize(mask.astype(np.uint8), (int(size[0]), int(size[1])), interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
     return resized, mask, Plane((int(size[1]), int(size[0])), spacing, origin, plane.x_ras, plane.y_ras)
+
+
+@dataclass(frozen=True)
+class Perspective:
+    """Cone-beam geometry: a point source and a flat detector, in RAS millimetres.
+
+    Attributes:
+        source_ras: (3,) the focal spot.
+        detector: the detector's pixel grid as a plane (its centre, axes and pixel size).
+    """
+
+    source_ras: np.ndarray
+    detector: Plane
+
+
+def perspective_for(geometry: ImageGeometry, view: str = "AP", source_to_centre_mm: float = 1000.0,
+                    source_to_detector_mm: float = 1500.0) -> Perspective:
+    """A clinical-like set-up for a CT: the source on the view's ray axis through the CT's centre,
+    the detector behind the patient, perpendicular to that axis, covering the magnified CT.
+
+    Detector pixels are the CT's finer in-plane spacing times the magnification, so that the
+    image has about as many pixels across the CT as a parallel projection.
+    """
+    if not 0 < source_to_centre_mm < source_to_detector_mm:
+        raise SamFusionError("the source must lie between 0 and the detector distance from the CT's centre")
+    axes = view_axes(view)
+    grid = view_geometry(geometry, view)
+    centre = grid.ijk_to_ras_points([[(n - 1) / 2.0 for n in grid.shape_kji[::-1]]])[0]
+    ray = axes[:, 2]
+    source = centre - source_to_centre_mm * ray
+    magnification = source_to_detector_mm / source_to_centre_mm
+    pixel = float(grid.spacing_mm[:2].min()) * magnification
+    extent = np.array(grid.shape_kji[1:][::-1]) * grid.spacing_mm[:2] * magnification * 1.1  # (columns, rows) mm, 10% margin
+    columns, rows = (int(np.ceil(e / pixel)) for e in extent)
+    detector_centre = source + source_to_detector_mm * ray
+    origin = detector_centre - axes[:, 0] * pixel * (columns - 1) / 2 - axes[:, 1] * pixel * (rows - 1) / 2
+    return Perspective(source, Plane((rows, columns), np.array([pixel, pixel]), origin, axes[:, 0], axes[:, 1]))
+
+
+def perspective_integral(volume_kji: np.ndarray, geometry: ImageGeometry, perspective: Perspective, samples: int = 256) -> np.ndarray:
+    """(rows, columns) line integrals of ``volume_kji`` along the rays from the source to each
+    detector pixel centre: trilinear samples (``torch.grid_sample``), ``samples`` per ray across the
+    volume's bounding sphere, times the step in mm. Outside the volume counts as 0."""
+    import torch
+
+    detector = perspective.detector
+    rows, columns = detector.shape_hw
+    ys, xs = np.mgrid[0:rows, 0:columns]
+    pixels_ras = detector.pixel_to_ras(np.c_[xs.ravel(), ys.ravel()])
+    directions = pixels_ras - perspective.source_ras
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    corners = geometry.ijk_to_ras_points(np.array([[i, j, k] for i in (0, geometry.shape_kji[2] - 1)
+                                                   for j in (0, geometry.shape_kji[1] - 1) for k in (0, geometry.shape_kji[0] - 1)]))
+    centre = corners.mean(0)
+    radius = float(np.linalg.norm(corners - centre, axis=1).max()) + float(geometry.spacing_mm.max())
+    along = (centre - perspective.source_ras) @ directions.T  # distance to the point nearest the centre, per ray
+    steps = np.linspace(-radius, radius, samples)
+    step_mm = steps[1] - steps[0]
+    to_ijk = np.linalg.inv(geometry.ijk_to_ras)
+    size_ijk = np.array(geometry.shape_kji[::-1], float)
+    image = torch.as_tensor(np.ascontiguousarray(volume_kji, np.float32))[None, None]
+    integral = np.zeros(len(directions), np.float64)
+    for start in range(0, len(directions), 8192):  # bounded memory: 8192 rays x samples at a time
+        block = slice(start, start + 8192)
+        points = perspective.source_ras + (along[block, None, None] + steps[None, :, None]) * directions[block, None, :]
+        ijk = points @ to_ijk[:3, :3].T + to_ijk[:3, 3]
+        normalised = 2.0 * ijk / np.maximum(size_ijk - 1, 1) - 1.0  # align_corners=True: index 0 -> -1, n-1 -> +1
+        grid = torch.as_tensor(normalised, dtype=torch.float32)[None, None]  # (1, 1, rays, samples, 3) as (x=i, y=j, z=k)
+        values = torch.nn.functional.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        integral[block] = values[0, 0, 0].sum(-1).double().numpy() * step_mm
+    return integral.reshape(rows, columns)
+
+
+def project_ct_perspective(hu_kji: np.ndarray, mask_kji: np.ndarray | None, geometry: ImageGeometry, perspective: Perspective) -> Radiograph:
+    """A cone-beam DRR of a CT (HU -> attenuation) and its mask, on the detector's plane."""
+    from .projection import hu_to_mu
+
+    image = xray_image(perspective_integral(hu_to_mu(hu_kji), geometry, perspective))
+    projected = None
+    if mask_kji is not None:
+        projected = perspective_integral(np.asarray(mask_kji, np.float32), geometry, perspective) > 0.5 * float(geometry.spacing_mm.min())
+    return Radiograph(image, projected, perspective.detector, geometry)

@@ -145,7 +145,9 @@ def cmd_run(args) -> int:
     else:
         nodes, case = _file_scene(slicer_core, args), None
     model = _load(args)
-    options = PipelineOptions(view=args.view, fusion_levels=args.levels, registration=RegistrationOptions(transform=args.transform))
+    options = PipelineOptions(view=args.view, projection=args.projection, source_to_centre_mm=args.source_distance,
+                              source_to_detector_mm=args.detector_distance, fusion_levels=args.levels,
+                              registration=RegistrationOptions(transform=args.transform))
     inputs_for_png = read_inputs(nodes)
     progress = _progress_bar()
     try:
@@ -232,6 +234,10 @@ def add_parser(commands) -> None:
     run.add_argument("--out", type=Path, default=Path("samfusion-run"), help="output folder (default: samfusion-run)")
     run.add_argument("--transform", default="nonrigid", help="rigid, similarity, affine or nonrigid (default)")
     run.add_argument("--view", default="AP", help="projection view of a 3D CT: AP (default), LAT or SI")
+    run.add_argument("--projection", choices=["parallel", "perspective"], default="parallel",
+                     help="DRR geometry: parallel rays (default) or a point source and a flat detector")
+    run.add_argument("--source-distance", type=float, default=1000.0, help="perspective: source to the CT's centre (mm)")
+    run.add_argument("--detector-distance", type=float, default=1500.0, help="perspective: source to the detector (mm)")
     run.add_argument("--levels", type=int, default=3, help="fusion pyramid levels (default 3)")
     from .cli import _add_model_options
 
