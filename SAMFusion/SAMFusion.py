@@ -10,7 +10,14 @@ from typing import Annotated
 
 import slicer
 import vtk
-from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode
+from slicer import (
+    vtkMRMLGridTransformNode,
+    vtkMRMLLinearTransformNode,
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+)
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -85,6 +92,13 @@ class SAMFusionParameterNode:
     projection: Annotated[str, Choice(["parallel", "perspective"])] = "parallel"
     levels: Annotated[int, WithinRange(1, 6)] = 3
     applyTransform: bool = True
+    # Outputs: None creates new nodes on Apply; a selected node is refilled (the panel's "reuse").
+    outCtSegmentation: vtkMRMLSegmentationNode
+    outXraySegmentation: vtkMRMLSegmentationNode
+    outTransform: vtkMRMLLinearTransformNode
+    outFused: vtkMRMLScalarVolumeNode
+    outProjection: vtkMRMLScalarVolumeNode
+    outGridTransform: vtkMRMLGridTransformNode
 
 
 class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -283,14 +297,19 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         """
         from SAMFusionLib.pipeline import PipelineOptions
         from SAMFusionLib.registration import RegistrationOptions
-        from SAMFusionLib.scene_run import SceneInputs, run_on_scene
+        from SAMFusionLib.scene_run import SceneInputs, SceneOutputs, run_on_scene
 
         p = parameterNode
+        reuse = SceneOutputs(p.outCtSegmentation, p.outXraySegmentation, p.outProjection, p.outTransform, p.outGridTransform, p.outFused)
         nodes = SceneInputs(p.ct, p.xray, p.ctPoints, p.ctNegativePoints, p.ctRoi, p.xrayPoints, p.xrayNegativePoints, p.xrayRoi)
         options = PipelineOptions(view=p.view, projection=p.projection, fusion_levels=p.levels, registration=RegistrationOptions(transform=p.transform))
         outputs, result = run_on_scene(
-            slicer.mrmlScene, nodes, self.segmenter(p.model, p.device), options, progress, cancelled, apply_transform=p.applyTransform
+            slicer.mrmlScene, nodes, self.segmenter(p.model, p.device), options, progress, cancelled,
+            apply_transform=p.applyTransform, reuse=reuse,
         )
+        # The next Apply refills these nodes instead of adding new ones.
+        p.outCtSegmentation, p.outXraySegmentation, p.outProjection = outputs.ct_segmentation, outputs.xray_segmentation, outputs.projection
+        p.outTransform, p.outGridTransform, p.outFused = outputs.transform, outputs.grid_transform, outputs.fused
         logging.info(f"SAMFusion: {result.report['registration']['reason']}; {result.report['timings_s']}")
         return result.report
 

@@ -121,20 +121,22 @@ def xray_from_volume(volume_node) -> tuple[np.ndarray, Plane]:
     return array[0], Plane.from_geometry(geometry)
 
 
-def add_volume(scene, array_kji: np.ndarray, geometry: ImageGeometry, name: str, class_name: str = "vtkMRMLScalarVolumeNode"):
-    """A new volume node holding a copy of ``array_kji`` on ``geometry``, with display nodes."""
+def add_volume(scene, array_kji: np.ndarray, geometry: ImageGeometry, name: str, class_name: str = "vtkMRMLScalarVolumeNode", node=None):
+    """A new volume node holding a copy of ``array_kji`` on ``geometry``, with display nodes; or,
+    when ``node`` is given, that node refilled (its ID and name kept)."""
     if tuple(array_kji.shape) != tuple(geometry.shape_kji):
         raise SamFusionError(f"array {array_kji.shape} does not match geometry {geometry.shape_kji}")
-    node = scene.AddNewNodeByClass(class_name, name)
+    if node is None:
+        node = scene.AddNewNodeByClass(class_name, name)
     node.SetIJKToRASMatrix(_vtk_matrix(geometry.ijk_to_ras))
     node.SetAndObserveImageData(_image_data(array_kji))
     node.CreateDefaultDisplayNodes()
     return node
 
 
-def add_image_2d(scene, image: np.ndarray, plane: Plane, name: str):
-    """A single-slice volume node for a (rows, columns) image on ``plane``."""
-    return add_volume(scene, image[None], plane.geometry(), name)
+def add_image_2d(scene, image: np.ndarray, plane: Plane, name: str, node=None):
+    """A single-slice volume node for a (rows, columns) image on ``plane`` (or ``node`` refilled)."""
+    return add_volume(scene, image[None], plane.geometry(), name, node=node)
 
 
 # --- markups ------------------------------------------------------------------------------------
@@ -216,19 +218,24 @@ def add_roi(scene, corners_ras: np.ndarray, name: str):
 
 # --- segmentations ------------------------------------------------------------------------------
 
-def add_segmentation(scene, mask_kji: np.ndarray, reference_node, segment_name: str, name: str | None = None, color=(0.9, 0.3, 0.2)):
+def add_segmentation(scene, mask_kji: np.ndarray, reference_node, segment_name: str, name: str | None = None, color=(0.9, 0.3, 0.2),
+                     node=None):
     """A new segmentation node with one segment from a (k, j, i) mask on the reference volume's grid.
 
     The reference image geometry is the reference volume's; the node is named after it
-    (``<volume> segmentation``) unless ``name`` is given.
+    (``<volume> segmentation``) unless ``name`` is given. With ``node``, that node is reused:
+    its segments are replaced by this one.
     """
     import slicer
 
     geometry = volume_geometry(reference_node)
     if tuple(mask_kji.shape) != tuple(geometry.shape_kji):
         raise SamFusionError(f"mask {mask_kji.shape} does not match volume {reference_node.GetName()} {geometry.shape_kji}")
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"{reference_node.GetName()} segmentation")
-    node.CreateDefaultDisplayNodes()
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"{reference_node.GetName()} segmentation")
+        node.CreateDefaultDisplayNodes()
+    else:
+        node.GetSegmentation().RemoveAllSegments()
     node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
     segment_id = node.GetSegmentation().AddEmptySegment("", segment_name, list(color))
     labelmap = _image_data((np.asarray(mask_kji) > 0).astype(np.uint8), slicer.vtkOrientedImageData)
@@ -259,20 +266,23 @@ def segment_array(segmentation_node, segment_name: str, reference_node) -> np.nd
 
 # --- transforms ---------------------------------------------------------------------------------
 
-def add_transforms(scene, from_ct_ras: np.ndarray, displacement_ras: np.ndarray | None, plane: Plane, name: str):
+def add_transforms(scene, from_ct_ras: np.ndarray, displacement_ras: np.ndarray | None, plane: Plane, name: str, linear=None, grid=None):
     """Transform nodes that place the X-ray on the CT: (linear node, grid node or None).
 
     ``from_ct_ras`` is the (4, 4) "from parent" matrix (CT-side RAS -> X-ray RAS). A
     displacement (rows, columns, 3) mm on ``plane`` becomes a grid transform node, parent of the
     linear one, so that world -> X-ray = linear(grid(world)), the order of the 2D composite.
-    Put the X-ray volume under the returned linear node.
+    Put the X-ray volume under the returned linear node. ``linear`` and ``grid`` reuse existing
+    nodes (a grid node no longer needed is detached, not deleted).
     """
     import slicer
     import vtk
 
-    linear = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    if linear is None:
+        linear = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
     linear.SetMatrixTransformFromParent(_vtk_matrix(from_ct_ras))
     if displacement_ras is None:
+        linear.SetAndObserveTransformNodeID(None)
         return linear, None
     rows, columns = plane.shape_hw
     if displacement_ras.shape != (rows, columns, 3):
@@ -293,7 +303,8 @@ def add_transforms(scene, from_ct_ras: np.ndarray, displacement_ras: np.ndarray 
     transform.SetDisplacementGridData(grid_image)
     transform.SetGridDirectionMatrix(_vtk_matrix(direction))
     transform.SetInterpolationModeToCubic()
-    grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", f"{name} (non-rigid)")
+    if grid is None:
+        grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", f"{name} (non-rigid)")
     grid.SetAndObserveTransformFromParent(transform)
     linear.SetAndObserveTransformNodeID(grid.GetID())
     return linear, grid

@@ -101,8 +101,12 @@ def run_on_scene(
     progress: Callable[[str, float], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
     apply_transform: bool = True,
+    reuse: SceneOutputs | None = None,
 ) -> tuple[SceneOutputs, PipelineResult]:
     """Run the pipeline on the nodes and add its outputs to ``scene``.
+
+    ``reuse`` holds output nodes (any may be None) to refill instead of creating new ones, as the
+    panel's output selectors do; they are touched only after the pipeline has succeeded.
 
     With ``apply_transform`` the X-ray node (with its prompts) is put under the
     new transform, which shows it aligned on the CT's projection plane.
@@ -110,12 +114,15 @@ def run_on_scene(
     inputs = read_inputs(nodes)
     result = run_pipeline(segmenter, inputs, options, progress, cancelled)
     ct_name, xray_name = nodes.ct.GetName(), nodes.xray.GetName()
+    old = reuse or SceneOutputs(None, None, None, None, None, None)
     with mrml.SceneTransaction(scene):
-        ct_segmentation = mrml.add_segmentation(scene, result.ct_mask_kji, nodes.ct, nodes.target_name)
-        xray_segmentation = mrml.add_segmentation(scene, result.xray_mask[None].astype(np.uint8), nodes.xray, nodes.target_name, color=(0.2, 0.6, 0.9))
-        projection = mrml.add_image_2d(scene, result.fixed.image, result.fixed.plane, f"{ct_name} projection ({options.view})")
-        transform, grid = mrml.add_transforms(scene, result.from_ct_ras, result.displacement_ras, result.fixed.plane, f"{xray_name} to {ct_name}")
-        fused = mrml.add_image_2d(scene, result.fused, result.fixed.plane, f"{ct_name} + {xray_name} fused")
+        ct_segmentation = mrml.add_segmentation(scene, result.ct_mask_kji, nodes.ct, nodes.target_name, node=old.ct_segmentation)
+        xray_segmentation = mrml.add_segmentation(scene, result.xray_mask[None].astype(np.uint8), nodes.xray, nodes.target_name,
+                                                  color=(0.2, 0.6, 0.9), node=old.xray_segmentation)
+        projection = mrml.add_image_2d(scene, result.fixed.image, result.fixed.plane, f"{ct_name} projection ({options.view})", node=old.projection)
+        transform, grid = mrml.add_transforms(scene, result.from_ct_ras, result.displacement_ras, result.fixed.plane, f"{xray_name} to {ct_name}",
+                                              linear=old.transform, grid=old.grid_transform)
+        fused = mrml.add_image_2d(scene, result.fused, result.fixed.plane, f"{ct_name} + {xray_name} fused", node=old.fused)
         if apply_transform:
             # The prompts move with the X-ray, so that they stay on it for a re-run. The X-ray's
             # segmentation stays in the X-ray's frame: under a non-linear parent, slicer-core was

@@ -334,3 +334,17 @@ def test_default_case_runs_with_a_perspective_projection(default_case, demo_mode
     assert plane.shape_hw == result.fused.shape and result.xray_registered.shape == result.fused.shape
     assert abs(plane.depth_mm) > 400
     assert result.registration.report["dice_after"] > result.registration.report["dice_before"]
+
+
+def test_a_rerun_can_reuse_the_output_nodes(default_case, demo_model):
+    core = mrml.headless_scene()
+    nodes = add_case_nodes(core.scene, default_case.inputs, "CT", "X-ray", "kidney")
+    segmenter = Segmenter(demo_model)
+    outputs, _ = run_on_scene(core.scene, nodes, segmenter)
+    before = mrml.node_ids(core.scene)
+    again, result = run_on_scene(core.scene, nodes, segmenter, reuse=outputs)
+    assert again.node_ids() == outputs.node_ids()
+    assert mrml.node_ids(core.scene) == before  # nothing new in the scene
+    assert outputs.ct_segmentation.GetSegmentation().GetNumberOfSegments() == 1
+    np.testing.assert_array_equal(mrml.segment_array(outputs.ct_segmentation, "kidney", nodes.ct), result.ct_mask_kji)
+    np.testing.assert_allclose(mrml.array_from_volume(outputs.fused)[0][0], result.fused)
