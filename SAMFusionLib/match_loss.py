@@ -36,9 +36,10 @@ def sobel(image):
     return F.conv2d(F.pad(image, (1, 1, 1, 1), mode="replicate"), kernel)
 
 
-def match_loss(a, b, mode: str = "vector", weight=None):
-    """Match_Loss between two (B, 1, H, W) maps; scalar tensor. ``weight`` (B, 1, H, W) restricts the mean."""
-    ga, gb = sobel(a), sobel(b)
+def match_loss(a, b, mode: str = "vector", weight=None, grad_a=None):
+    """Match_Loss between two (B, 1, H, W) maps; scalar tensor. ``weight`` (B, 1, H, W) restricts the mean.
+    ``grad_a``: ``sobel(a)`` when already known (a fixed image's, computed once per level)."""
+    ga, gb = sobel(a) if grad_a is None else grad_a, sobel(b)
     if mode == "vector":
         difference = (ga - gb).abs().sum(1, keepdim=True)
     elif mode == "magnitude":
@@ -50,9 +51,10 @@ def match_loss(a, b, mode: str = "vector", weight=None):
     return (difference * weight).sum() / weight.sum().clamp(min=1e-6)
 
 
-def ngf_loss(a, b, epsilon: float = 1e-2, weight=None):
-    """NGF distance in [0, 1] between two (B, 1, H, W) images; contrast- and polarity-invariant."""
-    ga, gb = sobel(a), sobel(b)
+def ngf_loss(a, b, epsilon: float = 1e-2, weight=None, grad_a=None):
+    """NGF distance in [0, 1] between two (B, 1, H, W) images; contrast- and polarity-invariant.
+    ``grad_a``: ``sobel(a)`` when already known."""
+    ga, gb = sobel(a) if grad_a is None else grad_a, sobel(b)
     dot = (ga * gb).sum(1, keepdim=True)
     norm = (ga.pow(2).sum(1, keepdim=True) + epsilon**2) * (gb.pow(2).sum(1, keepdim=True) + epsilon**2)
     alignment = dot.pow(2) / norm

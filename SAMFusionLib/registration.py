@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import SamFusionError
 from .grid2d import Grid2D
-from .match_loss import match_loss, ngf_loss, soft_mask
+from .match_loss import match_loss, ngf_loss, sobel, soft_mask
 from .transforms2d import STAGES, Transform2D
 
 
@@ -97,6 +97,7 @@ class _Level:
 
         self.coarsest = coarsest
         self.fixed = [F.avg_pool2d(torch.as_tensor(m)[None, None], factor, ceil_mode=True) for m in fixed_maps]
+        self.fixed_gradients = [sobel(m) for m in self.fixed]  # constant: computed once, not at every iteration
         height, width = self.fixed[0].shape[-2:]
         ys, xs = np.mgrid[0:height, 0:width].astype(float)
         index = np.c_[xs.ravel(), ys.ravel()] * factor + (factor - 1) / 2.0
@@ -127,10 +128,10 @@ def _loss(level: _Level, transform: Transform2D, fixed_grid: Grid2D, options: Re
     total = 0.0
     if use_masks:
         weight = options.match_weight * (1.0 if level.coarsest else options.fine_match_scale)
-        total = total + weight * match_loss(level.fixed[0], warped[0], options.match_mode)
+        total = total + weight * match_loss(level.fixed[0], warped[0], options.match_mode, grad_a=level.fixed_gradients[0])
     if options.intensity_weight > 0 or not use_masks:
         weight = options.intensity_weight if use_masks else 1.0
-        total = total + weight * ngf_loss(level.fixed[-1], warped[-1], epsilon=options.ngf_epsilon)
+        total = total + weight * ngf_loss(level.fixed[-1], warped[-1], epsilon=options.ngf_epsilon, grad_a=level.fixed_gradients[-1])
     if nonrigid:
         total = total + options.bending_weight * transform.bending_energy()
     return total
