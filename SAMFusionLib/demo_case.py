@@ -124,6 +124,7 @@ def case_from_ct(hu_kji: np.ndarray, ct_geometry: ImageGeometry, target: np.ndar
         roi_corners_ras=ct_geometry.ijk_to_ras_points(corners_ijk),
     )
     box_low, box_high = box_of(xray_mask, margin=3.0)
+    box_low, box_high = np.maximum(box_low, 0), np.minimum(box_high, np.array(xray_shape[::-1]) - 1)  # on the image
     xray_prompts = XrayPrompts(interior_point(xray_mask)[None], np.array([1]), np.r_[box_low, box_high])
 
     around = cv2.dilate(fixed.mask.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)

@@ -190,6 +190,7 @@ def run_pipeline(
 
     # 3. The fixed image: the CT's projection, or the CT image itself.
     step("project")
+    perspective = None
     if is_3d and options.projection == "perspective":
         perspective = perspective_for(inputs.ct_geometry, options.view, options.source_to_centre_mm, options.source_to_detector_mm)
         fixed = project_ct_perspective(ct_view, segmentation.mask_kji, grid, perspective)
@@ -207,6 +208,7 @@ def run_pipeline(
     fixed_grid, moving_grid = fixed.plane.grid(), inputs.xray_plane.grid()
     moving = to_sam_rgb(inputs.xray, resolve_range(inputs.xray, options.xray_window))[..., 0].astype(np.float32)
     registration = register_2d(fixed.image, fixed_grid, moving, moving_grid, fixed.mask, xray_mask, options.registration)
+    check_prompts_agree(registration, inputs, fixed, perspective)
     lap("register")
 
     # 5. Resample, and express the transform in RAS.
@@ -238,6 +240,48 @@ def run_pipeline(
         "registration": registration.report,
     }
     return PipelineResult(ct_mask, xray_mask, fixed, registration, from_ct_ras, displacement_ras, xray_registered, fused, report)
+
+
+def check_prompts_agree(registration: RegistrationResult, inputs: PipelineInputs, fixed: Radiograph, perspective=None) -> None:
+    """Fail a registration that does not bring the CT's target prompt onto the X-ray's.
+
+    The user marks the same target in both images. Two imperfect SAM masks can be aligned to each
+    other (high mask Dice) while the targets are far apart; the prompts tell. The CT anchor (first
+    positive point, else the ROI's centre) is projected onto the fixed plane the way the CT was
+    (parallel, or along the ray from the source), mapped by the transform, and compared with the
+    X-ray anchor (first positive point, else the box centre). Allowed: a quarter of the diagonal of
+    the X-ray's box (two prompts inside one target lie about that close), at least 5 mm. Measured:
+    0.4-7.8 mm for good registrations (tolerance about 20 mm), 50-105 mm for the ones that aligned
+    two wrong masks (tolerance about 32 mm).
+    """
+    ct, xray = inputs.ct_prompts, inputs.xray_prompts
+    positive = np.flatnonzero(np.asarray(ct.labels) == 1)
+    anchor_ras = ct.points_ras[positive[0]] if len(positive) else np.asarray(ct.roi_corners_ras).mean(0)
+    plane = fixed.plane
+    if perspective is not None:
+        source = perspective.source_ras
+        along = ((plane.origin_ras - source) @ plane.normal_ras) / ((anchor_ras - source) @ plane.normal_ras)
+        anchor_ras = source + along * (anchor_ras - source)
+    anchor_fixed = np.array([anchor_ras @ plane.x_ras, anchor_ras @ plane.y_ras])
+    mapped = np.array(registration.sitk_transform.TransformPoint(tuple(float(v) for v in anchor_fixed)))
+    moving_grid = inputs.xray_plane.grid()
+    positive_xray = np.flatnonzero(np.asarray(xray.labels) == 1)
+    if len(positive_xray):
+        anchor_xray = np.asarray(xray.points_xy, float)[positive_xray[0]]
+    else:
+        anchor_xray = (np.asarray(xray.box_xyxy, float)[:2] + np.asarray(xray.box_xyxy, float)[2:]) / 2
+    target_xray = moving_grid.to_physical(anchor_xray)[0]
+    box = np.asarray(xray.box_xyxy, float).reshape(2, 2) if xray.box_xyxy is not None else None
+    extent_px = np.abs(box[1] - box[0]) if box is not None else np.array([4.0, 4.0])
+    tolerance = max(5.0, 0.25 * float(np.linalg.norm(extent_px * inputs.xray_plane.spacing_mm)))
+    distance = float(np.linalg.norm(mapped - target_xray))
+    registration.report["prompt_distance_mm"] = round(distance, 2)
+    registration.report["prompt_tolerance_mm"] = round(tolerance, 2)
+    if registration.passed and distance > tolerance:
+        registration.passed = False
+        registration.reason = (f"the CT's target prompt maps {distance:.0f} mm from the X-ray's (allowed {tolerance:.0f} mm): "
+                               "the masks were aligned, but they are not the same target")
+        registration.report["passed"], registration.report["reason"] = registration.passed, registration.reason
 
 
 def _axis_nearest(grid: ImageGeometry, direction_ras: np.ndarray) -> int:

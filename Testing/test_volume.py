@@ -66,11 +66,6 @@ def test_the_same_case_gives_the_same_mask_in_every_orientation(demo_model, tmp_
         np.testing.assert_array_equal(other, masks[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the small demo model segments this synthetic ball with a centroid error of 0.5-0.9 voxel (measured); "
-    "the geometry itself is exact (tests above); a better model must make this pass",
-)
 @pytest.mark.parametrize("name", ["lps_identity", "oblique"])
 def test_point_at_physical_position_segments_the_ball_there(demo_model, tmp_path, name):
     volume, geometry, center_ras = sphere_volume(DIRECTIONS[name], tmp_path)
