@@ -52,7 +52,8 @@ def stone_hit_rate(segment: PointSegmenter, split: str = "val") -> dict:
     hits, total = 0, 0
     for case in kidney_stone_cases(split):
         for box in case.boxes:
-            centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+            # Boxes are pixel edges; SAM's coordinates put integers at pixel centres (half a pixel in).
+            centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]) - 0.5
             found = component_box_under(segment(case.image, centre), centre)
             hits += int(found is not None and box_iou(found, box) >= 0.5)
             total += 1
