@@ -186,7 +186,8 @@ def register_2d(
     if use_masks:
         c_f, angle_f, area_f, aniso_f = _moments(fixed_mask, fixed_grid)
         c_m, angle_m, area_m, aniso_m = _moments(moving_mask, moving_grid)
-        log_scale = 0.5 * np.log(area_m / area_f)
+        # A rigid result keeps scale 1: the area ratio seeds only the models that may scale.
+        log_scale = 0.5 * np.log(area_m / area_f) if options.transform != "rigid" else 0.0
         # An elongated target defines its axis (up to 180 degrees); a round one does not.
         angles = [angle_m - angle_f, angle_m - angle_f + np.pi] if min(aniso_f, aniso_m) > 1.3 else [0.0]
     else:

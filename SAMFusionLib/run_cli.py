@@ -63,8 +63,6 @@ def read_markups(scene, path: Path):
 
 def assign_prompts(nodes: list, ct_node, xray_node) -> SceneInputs:
     """Sort markups nodes into the CT's and the X-ray's prompts (rules in the module docstring)."""
-    from .plane import Plane
-
     _, ct_geometry = mrml.array_from_volume(ct_node)
     _, plane = mrml.xray_from_volume(xray_node)
     inputs = SceneInputs(ct_node, xray_node)
@@ -84,7 +82,6 @@ def assign_prompts(nodes: list, ct_node, xray_node) -> SceneInputs:
         if getattr(inputs, slot) is not None:
             raise SamFusionError(f"two prompt files for the {slot.replace('_', ' ')}: {getattr(inputs, slot).GetName()} and {name}")
         setattr(inputs, slot, node)
-    assert isinstance(plane, Plane)
     return inputs
 
 
@@ -110,18 +107,35 @@ def _demo_scene(slicer_core):
     return add_case_nodes(slicer_core.scene, case.inputs, "phantom CT", "phantom X-ray", "kidney_left"), case
 
 
+def _read_ct(path: Path):
+    """((k, j, i) array, geometry) of a CT volume, or of a 2D CT image as one slice (the paper's case)."""
+    import SimpleITK as sitk
+
+    from .io import grey_array, read_image_2d, read_volume
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        flat = reader.GetDimension() == 2 or (reader.GetDimension() == 3 and reader.GetSize()[2] == 1)
+    except RuntimeError:
+        flat = False  # let read_volume give its one-line error
+    if flat:
+        image = read_image_2d(path)
+        return grey_array(image)[None], image.geometry
+    array, geometry, _ = read_volume(path)
+    return array, geometry
+
+
 def _file_scene(slicer_core, args):
-    from .io import read_image_2d, read_volume
+    from .io import grey_array, read_image_2d
     from .plane import Plane
 
     scene = slicer_core.scene
-    ct_kji, ct_geometry, _ = read_volume(args.ct)
+    ct_kji, ct_geometry = _read_ct(args.ct)
     xray_image = read_image_2d(args.xray)
-    xray_array = xray_image.array
-    if xray_array.ndim == 3:  # an RGB file: its grey value
-        xray_array = xray_array.mean(-1)
     ct = mrml.add_volume(scene, ct_kji, ct_geometry, Path(args.ct).name.split(".")[0] or "CT")
-    xray = mrml.add_image_2d(scene, xray_array.astype(np.float32), Plane.from_geometry(xray_image.geometry), Path(args.xray).name.split(".")[0] or "X-ray")
+    xray = mrml.add_image_2d(scene, grey_array(xray_image), Plane.from_geometry(xray_image.geometry), Path(args.xray).name.split(".")[0] or "X-ray")
     markups = [read_markups(scene, path) for path in args.prompts or []]
     if not markups:
         raise SamFusionError("no prompts: give --prompts FILE.mrk.json for the CT and the X-ray")

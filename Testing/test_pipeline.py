@@ -351,3 +351,36 @@ def test_a_rerun_can_reuse_the_output_nodes(default_case, demo_model):
     assert outputs.ct_segmentation.GetSegmentation().GetNumberOfSegments() == 1
     np.testing.assert_array_equal(mrml.segment_array(outputs.ct_segmentation, "kidney", nodes.ct), result.ct_mask_kji)
     np.testing.assert_allclose(mrml.array_from_volume(outputs.fused)[0][0], result.fused)
+
+
+def test_run_on_a_2d_ct_image_the_papers_case(tmp_path):
+    """A 2D CT slice and an X-ray-like copy turned by 5.7 degrees and shifted: no projection step,
+    a rigid result (scale 1), and the CT's kidney point maps onto the X-ray's."""
+    import SimpleITK as sitk
+
+    from SAMFusionLib.phantom import ct_volume
+
+    phantom = ct_volume(np.random.default_rng(3), (24, 128, 128), stone_count=2, kidney_hu=300.0)
+    ct = sitk.GetImageFromArray(phantom.hu_kji[12].astype(np.float32))
+    sitk.WriteImage(ct, str(tmp_path / "ct2d.nrrd"))
+    turn = sitk.Euler2DTransform((64.0, 64.0), 0.1, (5.0, -3.0))  # X-ray(p) = CT(turn(p))
+    moved = sitk.GetArrayFromImage(sitk.Resample(ct, ct, turn, sitk.sitkLinear, -1000.0))
+    xray = sitk.GetImageFromArray((255 * (moved - moved.min()) / np.ptp(moved)).astype(np.float32))
+    sitk.WriteImage(xray, str(tmp_path / "xray.nrrd"))
+    ys, xs = np.nonzero(phantom.masks["kidney_left"][12])
+    centre = (float(xs.mean()), float(ys.mean()))
+    moved_centre = turn.GetInverse().TransformPoint(centre)
+    core = mrml.headless_scene()
+    for name, (x, y) in (("ct points", centre), ("xray points", moved_centre)):
+        node = mrml.add_fiducials(core.scene, np.array([[-x, -y, 0.0]]), name)  # a 2D image lies on z = 0, RAS = -LPS
+        node.AddDefaultStorageNode()
+        node.GetStorageNode().SetFileName(str(tmp_path / f"{name.replace(' ', '_')}.mrk.json"))
+        assert node.GetStorageNode().WriteData(node)
+    out = tmp_path / "out"
+    code = main(["run", "--ct", str(tmp_path / "ct2d.nrrd"), "--xray", str(tmp_path / "xray.nrrd"), "--prompts",
+                 str(tmp_path / "ct_points.mrk.json"), str(tmp_path / "xray_points.mrk.json"), "--out", str(out), "--transform", "rigid"])
+    report = json.loads((out / "report.json").read_text())
+    assert code == 0, report["registration"]["reason"]
+    assert report["ct"]["dimensions"] == 2 and report["ct"]["projection"] is None
+    assert report["registration"]["parameters"]["log_scale"] == 0.0
+    assert report["registration"]["prompt_distance_mm"] < 3.0
