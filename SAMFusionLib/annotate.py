@@ -153,8 +153,7 @@ def annotate_volume(volume_path: Path, markups_paths: list[Path], out: Path, seg
     import tempfile
 
     from . import mrml
-    from .io import read_volume
-    from .run_cli import read_markups
+    from .io import read_volume, sitk_image
     from .volume import VolumePrompts, segment_volume
 
     hu, geometry, _ = read_volume(volume_path)
@@ -163,7 +162,7 @@ def annotate_volume(volume_path: Path, markups_paths: list[Path], out: Path, seg
     volume_node = mrml.add_volume(core.scene, hu, geometry, stem)
     masks, names = [], []
     for path in markups_paths:
-        node = read_markups(core.scene, path)
+        node = mrml.load_markups(core.scene, path)
         if node.IsA("vtkMRMLMarkupsROINode"):
             prompts = VolumePrompts(roi_corners_ras=mrml.roi_corners(node))
         else:
@@ -193,12 +192,7 @@ def annotate_volume(volume_path: Path, markups_paths: list[Path], out: Path, seg
         storage.SetFileName(str(Path(staging) / seg_path.name))
         if not storage.WriteData(segmentation):
             raise SamFusionError(f"could not write {seg_path.name}")
-        image = sitk.GetImageFromArray(labels)
-        spacing, origin, direction = geometry.to_lps()
-        image.SetSpacing(spacing)
-        image.SetOrigin(origin)
-        image.SetDirection(direction)
-        sitk.WriteImage(image, str(Path(staging) / label_path.name), useCompression=True)
+        sitk.WriteImage(sitk_image(labels, geometry), str(Path(staging) / label_path.name), useCompression=True)
         os.replace(Path(staging) / seg_path.name, seg_path)
         os.replace(Path(staging) / label_path.name, label_path)
     return [seg_path, label_path]

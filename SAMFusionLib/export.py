@@ -21,6 +21,7 @@ import numpy as np
 
 from . import mrml
 from .errors import SamFusionError
+from .io import sitk_image
 
 FORMATS = ("seg.nrrd", "nrrd", "nii", "png", "coco")
 
@@ -69,12 +70,7 @@ def export_segmentation(segmentation_node, reference_node, folder: Path, formats
             written.append(f"{stem}.seg.nrrd")
         for kind, suffix in (("nrrd", ".nrrd"), ("nii", ".nii.gz")):
             if kind in formats:
-                image = sitk.GetImageFromArray(labels)
-                spacing, origin, direction = geometry.to_lps()
-                image.SetSpacing(spacing)
-                image.SetOrigin(origin)
-                image.SetDirection(direction)
-                sitk.WriteImage(image, str(staging / f"{stem}_labels{suffix}"), useCompression=True)
+                sitk.WriteImage(sitk_image(labels, geometry), str(staging / f"{stem}_labels{suffix}"), useCompression=True)
                 written.append(f"{stem}_labels{suffix}")
         if "png" in formats:
             if not cv2.imwrite(str(staging / f"{stem}_labels.png"), labels[0]):

@@ -130,6 +130,18 @@ def check_out_folder(path: Path) -> Path:
     return path
 
 
+def sitk_image(array_kji: np.ndarray, geometry: ImageGeometry):
+    """A SimpleITK image of a (k, j, i) array with ``geometry`` (converted to ITK's LPS here)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_kji))
+    spacing, origin, direction = geometry.to_lps()
+    image.SetSpacing([float(v) for v in spacing])
+    image.SetOrigin([float(v) for v in origin])
+    image.SetDirection([float(v) for v in direction])
+    return image
+
+
 def atomic_write_image(image, path: Path) -> None:
     """Write a SimpleITK image to a temporary file beside ``path``, then rename it into place."""
     import SimpleITK as sitk

@@ -18,6 +18,7 @@ and headless.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,6 +214,31 @@ def add_roi(scene, corners_ras: np.ndarray, name: str):
     node.SetCenter(*[float(v) for v in (low + high) / 2])
     node.SetSize(*[float(v) for v in high - low])
     node.CreateDefaultDisplayNodes()
+    return node
+
+
+def load_markups(scene, path: Path):
+    """A markups node (point list or ROI) read by MRML's own JSON storage node."""
+    path = Path(path)
+    if not path.is_file():
+        raise SamFusionError(f"prompt file not found: {path}")
+    try:
+        kind = json.loads(path.read_text())["markups"][0]["type"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise SamFusionError(f"{path.name} is not a Slicer markups file (.mrk.json)") from None
+    classes = {"Fiducial": ("vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsFiducialJsonStorageNode"),
+               "ROI": ("vtkMRMLMarkupsROINode", "vtkMRMLMarkupsROIJsonStorageNode")}
+    if kind not in classes:
+        raise SamFusionError(f"{path.name}: markups of type {kind!r} are not prompts; use a point list or an ROI")
+    node_class, storage_class = classes[kind]
+    name = path.name.removesuffix(".mrk.json")
+    node = scene.AddNewNodeByClass(node_class, name)
+    storage = scene.AddNewNodeByClass(storage_class if scene.IsNodeClassRegistered(storage_class) else "vtkMRMLMarkupsJsonStorageNode")
+    storage.SetFileName(str(path))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    if not storage.ReadData(node) or (kind == "Fiducial" and node.GetNumberOfControlPoints() == 0):
+        raise SamFusionError(f"{path.name}: no prompts could be read")
+    node.SetName(name)
     return node
 
 

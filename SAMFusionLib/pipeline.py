@@ -206,7 +206,7 @@ def run_pipeline(
     # 4. Register the X-ray to it.
     step("register")
     fixed_grid, moving_grid = fixed.plane.grid(), inputs.xray_plane.grid()
-    moving = to_sam_rgb(inputs.xray, resolve_range(inputs.xray, options.xray_window))[..., 0].astype(np.float32)
+    moving = xray_rgb[..., 0].astype(np.float32)  # the same windowed grey image SAM saw
     registration = register_2d(fixed.image, fixed_grid, moving, moving_grid, fixed.mask, xray_mask, options.registration)
     check_prompts_agree(registration, inputs, fixed, perspective)
     lap("register")

@@ -64,19 +64,12 @@ def resample(volume_kji: np.ndarray, geometry: ImageGeometry, target: ImageGeome
     """Resample a (k, j, i) volume onto ``target``'s grid (linear, or nearest for masks)."""
     import SimpleITK as sitk
 
-    image = sitk.GetImageFromArray(np.ascontiguousarray(volume_kji))
-    _apply(image, geometry)
-    reference = sitk.Image([int(n) for n in target.shape_kji[::-1]], image.GetPixelID())
-    _apply(reference, target)
+    from .io import sitk_image
+
+    image = sitk_image(volume_kji, geometry)
+    reference = sitk_image(np.zeros(target.shape_kji, sitk.GetArrayViewFromImage(image).dtype), target)
     interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
     return sitk.GetArrayFromImage(sitk.Resample(image, reference, sitk.Transform(), interpolator, float(default)))
-
-
-def _apply(image, geometry: ImageGeometry) -> None:
-    spacing, origin, direction = geometry.to_lps()
-    image.SetSpacing([float(s) for s in spacing])
-    image.SetOrigin([float(o) for o in origin])
-    image.SetDirection([float(d) for d in direction])
 
 
 @dataclass

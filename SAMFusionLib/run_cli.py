@@ -36,31 +36,6 @@ CT_NAME = re.compile(r"(^|[^a-z])ct([^a-z]|$)", re.IGNORECASE)
 NEGATIVE_NAME = re.compile(r"neg", re.IGNORECASE)
 
 
-def read_markups(scene, path: Path):
-    """A markups node (point list or ROI) read by MRML's own JSON storage node."""
-    path = Path(path)
-    if not path.is_file():
-        raise SamFusionError(f"prompt file not found: {path}")
-    try:
-        kind = json.loads(path.read_text())["markups"][0]["type"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise SamFusionError(f"{path.name} is not a Slicer markups file (.mrk.json)") from None
-    classes = {"Fiducial": ("vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsFiducialJsonStorageNode"),
-               "ROI": ("vtkMRMLMarkupsROINode", "vtkMRMLMarkupsROIJsonStorageNode")}
-    if kind not in classes:
-        raise SamFusionError(f"{path.name}: markups of type {kind!r} are not prompts; use a point list or an ROI")
-    node_class, storage_class = classes[kind]
-    name = path.name.removesuffix(".mrk.json")
-    node = scene.AddNewNodeByClass(node_class, name)
-    storage = scene.AddNewNodeByClass(storage_class if scene.IsNodeClassRegistered(storage_class) else "vtkMRMLMarkupsJsonStorageNode")
-    storage.SetFileName(str(path))
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    if not storage.ReadData(node) or (kind == "Fiducial" and node.GetNumberOfControlPoints() == 0):
-        raise SamFusionError(f"{path.name}: no prompts could be read")
-    node.SetName(name)
-    return node
-
-
 def assign_prompts(nodes: list, ct_node, xray_node) -> SceneInputs:
     """Sort markups nodes into the CT's and the X-ray's prompts (rules in the module docstring)."""
     _, ct_geometry = mrml.array_from_volume(ct_node)
@@ -136,7 +111,7 @@ def _file_scene(slicer_core, args):
     xray_image = read_image_2d(args.xray)
     ct = mrml.add_volume(scene, ct_kji, ct_geometry, Path(args.ct).name.split(".")[0] or "CT")
     xray = mrml.add_image_2d(scene, grey_array(xray_image), Plane.from_geometry(xray_image.geometry), Path(args.xray).name.split(".")[0] or "X-ray")
-    markups = [read_markups(scene, path) for path in args.prompts or []]
+    markups = [mrml.load_markups(scene, path) for path in args.prompts or []]
     if not markups:
         raise SamFusionError("no prompts: give --prompts FILE.mrk.json for the CT and the X-ray")
     return assign_prompts(markups, ct, xray)

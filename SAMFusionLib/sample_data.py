@@ -27,6 +27,7 @@ def write_sample_files(folder: Path) -> dict[str, Path]:
     import SimpleITK as sitk
 
     from .demo_case import make_demo_case
+    from .io import sitk_image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -37,11 +38,7 @@ def write_sample_files(folder: Path) -> dict[str, Path]:
         ("SAMFusionPhantomCT", inputs.ct_kji.astype(np.int16), inputs.ct_geometry),
         ("SAMFusionPhantomXray", inputs.xray[None].astype(np.float32), inputs.xray_plane.geometry()),
     ):
-        image = sitk.GetImageFromArray(np.round(array).astype(array.dtype) if array.dtype == np.int16 else array)
-        spacing, origin, direction = geometry.to_lps()
-        image.SetSpacing([float(v) for v in spacing])
-        image.SetOrigin([float(v) for v in origin])
-        image.SetDirection([float(v) for v in direction])
+        image = sitk_image(array, geometry)
         path = folder / f"{name}.nrrd"
         sitk.WriteImage(image, str(path), useCompression=False)
         written[name] = path
