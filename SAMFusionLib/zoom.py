@@ -2,7 +2,8 @@
 
 A stone of 3-10 px shrinks below one encoder patch when a whole image is resized to a small
 model's input. Cropping a window of a few times the target's size first gives it many pixels.
-"auto" zooms only when the plain answer is small (or empty); "on" always zooms; "off" never does.
+"auto" zooms when the plain answer is small (or empty), or, for a single point, when one of SAM's
+other candidates is small; "on" always zooms; "off" never does.
 With a box, the crop is CONTEXT times the box. With points, "on" crops POINT_CROP_PX around them
 (a point does not say how big the target is), "auto" CONTEXT times the plain answer's size.
 """
@@ -49,7 +50,11 @@ def predict_zoomed(
     segmenter.set_image(rgb)
     plain = segmenter.predict(points, label_array, box, multimask=multimask)
     height, width = rgb.shape[:2]
-    if zoom == "off" or (zoom == "auto" and plain.mask.mean() >= SMALL_FRACTION and plain.mask.any()):
+    # One point is ambiguous: SAM's chosen answer may be the organ around a stone while one of its
+    # other candidates is the stone itself. A small candidate is then a hint of a small target.
+    areas = plain.masks.reshape(len(plain.masks), -1).mean(1)
+    small_candidate = multimask and bool(((areas > 0) & (areas < SMALL_FRACTION)).any())
+    if zoom == "off" or (zoom == "auto" and plain.mask.mean() >= SMALL_FRACTION and plain.mask.any() and not small_candidate):
         return plain
     if box is not None:
         box = np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])])
@@ -58,7 +63,7 @@ def predict_zoomed(
         positive = points[label_array == 1] if np.any(label_array == 1) else points
         centre = positive.mean(0)
         rows, cols = np.nonzero(plain.mask)
-        if zoom == "on" or not plain.mask.any():
+        if zoom == "on" or not plain.mask.any() or (small_candidate and plain.mask.mean() >= SMALL_FRACTION):
             size = POINT_CROP_PX / CONTEXT
         else:
             size = float(max(np.ptp(cols), np.ptp(rows))) + 1
