@@ -87,9 +87,13 @@ def make_demo_case(seed: int = 5) -> DemoCase:
 
 
 def case_from_ct(hu_kji: np.ndarray, ct_geometry: ImageGeometry, target: np.ndarray, rng: np.random.Generator,
-                 nonrigid: bool = True, view: str = "AP") -> DemoCase:
+                 nonrigid: bool = True, view: str = "AP", inverted: bool = False, collimation: bool = False) -> DemoCase:
     """A CT with its target mask -> a case: the X-ray made from the CT's projection by a known
-    transform (affine, plus a non-rigid warp when ``nonrigid``), prompts from the target's geometry."""
+    transform (affine, plus a non-rigid warp when ``nonrigid``), prompts from the target's geometry.
+
+    ``inverted`` displays the X-ray with dense = dark (some detectors' MONOCHROME1); ``collimation``
+    adds the collimator's unexposed border (a random 3-10% of each side), shown as dense as bone.
+    """
     import cv2
     import SimpleITK as sitk
 
@@ -114,6 +118,15 @@ def case_from_ct(hu_kji: np.ndarray, ct_geometry: ImageGeometry, target: np.ndar
     inverse.AddTransform(sitk.TranslationTransform(2, tuple(-shift)))  # applied first
 
     xray = warp_onto(xray_contrast(fixed.image, rng), fixed_grid, xray_grid, inverse).astype(np.float32)
+    if collimation:
+        rows, columns = xray_shape
+        top, bottom = (int(rows * f) for f in rng.uniform(0.03, 0.10, 2))
+        left, right = (int(columns * f) for f in rng.uniform(0.03, 0.10, 2))
+        exposed = np.zeros(xray_shape, bool)
+        exposed[top : rows - bottom, left : columns - right] = True
+        xray[~exposed] = 255.0  # no exposure: as bright as the densest bone
+    if inverted:
+        xray = 255.0 - xray
     xray_mask = warp_onto(fixed.mask.astype(np.uint8), fixed_grid, xray_grid, inverse, nearest=True).astype(bool)
 
     low, high = box_of(target, margin=2.0)
@@ -138,6 +151,21 @@ def case_from_ct(hu_kji: np.ndarray, ct_geometry: ImageGeometry, target: np.ndar
         f"transform onto a {xray_shape[1]}x{xray_shape[0]} detector of {xray_spacing:.2f} mm pixels"
     )
     return DemoCase(inputs, truth, test_points, target, xray_mask, description)
+
+
+def phantom_pair(rng: np.random.Generator) -> DemoCase:
+    """A random phantom CT/X-ray pair with ground truth: CT phantom (kidneys with or without
+    contrast, 0-5 stones), X-ray by projection, a random affine + non-rigid warp, either display
+    polarity, noise, blur and, half the time, a collimation edge. The target is a kidney."""
+    from .phantom import ct_volume
+
+    shape = (int(rng.integers(40, 56)), int(rng.integers(112, 144)), int(rng.integers(112, 144)))
+    phantom = ct_volume(rng, shape, stone_count=int(rng.integers(0, 6)), kidney_hu=float(rng.choice([30.0, rng.uniform(300, 1500)])))
+    spacing = float(rng.uniform(0.8, 1.4))
+    geometry = ImageGeometry.from_lps((spacing, spacing, spacing * float(rng.uniform(1.5, 3.0))), (0.0, 0.0, 0.0), np.eye(3), shape)
+    target = str(rng.choice(["kidney_left", "kidney_right"]))
+    return case_from_ct(phantom.hu_kji, geometry, phantom.masks[target], rng, nonrigid=True,
+                        inverted=bool(rng.random() < 0.5), collimation=bool(rng.random() < 0.5))
 
 
 def tre_mm(case: DemoCase, sitk_transform) -> float:
