@@ -93,7 +93,8 @@ def _check_inputs(fixed, fixed_grid, moving, moving_grid, fixed_mask, moving_mas
 class _Level:
     """Maps of one resolution level: fixed maps on a coarse grid, moving maps to sample."""
 
-    def __init__(self, factor: int, fixed_maps, moving_maps, fixed_grid: Grid2D, moving_grid: Grid2D, coarsest: bool):
+    def __init__(self, factor: int, fixed_maps, moving_maps, fixed_grid: Grid2D, moving_grid: Grid2D, coarsest: bool,
+                 moving_field: np.ndarray | None = None):
         import cv2
         import torch
         import torch.nn.functional as F
@@ -109,6 +110,7 @@ class _Level:
         self.points = torch.as_tensor(fixed_grid.to_physical(index), dtype=torch.float64)
         sigma = max(0.0, 0.5 * factor * fixed_grid.spacing.mean() / moving_grid.spacing.mean())
         self.moving = [torch.as_tensor(cv2.GaussianBlur(m, (0, 0), sigma) if sigma > 0.3 else m)[None, None] for m in moving_maps]
+        self.moving_field = None if moving_field is None else torch.as_tensor(moving_field.astype(np.float32))[None, None]
         to_index = np.linalg.inv(moving_grid.index_to_physical_matrix)
         self.to_moving_index = torch.as_tensor(to_index, dtype=torch.float64)
         self.moving_origin = torch.as_tensor(moving_grid.origin, dtype=torch.float64)
@@ -123,7 +125,10 @@ class _Level:
         height, width = self.moving_hw
         sample = torch.stack([2 * index[:, 0] / (width - 1) - 1, 2 * index[:, 1] / (height - 1) - 1], -1).float()
         sample = sample.reshape(1, *self.shape, 2)
-        return [F.grid_sample(m, sample, mode="bilinear", padding_mode="border", align_corners=True) for m in self.moving]
+        warped = [F.grid_sample(m, sample, mode="bilinear", padding_mode="border", align_corners=True) for m in self.moving]
+        if self.moving_field is not None:  # 1 where the moving image shows anatomy, 0 on its collimated border and outside
+            warped.append(F.grid_sample(self.moving_field, sample, mode="nearest", padding_mode="zeros", align_corners=True))
+        return warped
 
 
 def _loss(level: _Level, transform: Transform2D, fixed_grid: Grid2D, options: RegistrationOptions, use_masks: bool, nonrigid: bool):
@@ -134,7 +139,9 @@ def _loss(level: _Level, transform: Transform2D, fixed_grid: Grid2D, options: Re
         total = total + weight * match_loss(level.fixed[0], warped[0], options.match_mode, grad_a=level.fixed_gradients[0])
     if options.intensity_weight > 0 or not use_masks:
         weight = options.intensity_weight if use_masks else 1.0
-        total = total + weight * ngf_loss(level.fixed[-1], warped[-1], epsilon=options.ngf_epsilon, grad_a=level.fixed_gradients[-1])
+        image = warped[-2] if level.moving_field is not None else warped[-1]
+        field = warped[-1].detach() if level.moving_field is not None else None
+        total = total + weight * ngf_loss(level.fixed[-1], image, epsilon=options.ngf_epsilon, grad_a=level.fixed_gradients[-1], weight=field)
     if nonrigid:
         total = total + options.bending_weight * transform.bending_energy()
     return total
@@ -156,6 +163,34 @@ def _optimise(level, transform, fixed_grid, options, use_masks, stage, iteration
     optimiser.step(closure)
     with torch.no_grad():
         return float(_loss(level, transform, fixed_grid, options, use_masks, nonrigid))
+
+
+def exposed_field(image: np.ndarray, margin_px: int = 3) -> np.ndarray:
+    """(H, W) bool: the image without a collimator's uniform border.
+
+    Edge rows and columns whose values are all (nearly) equal, within 1% of the image's range, on
+    all four sides, are unexposed; so are ``margin_px`` more inside, so that the collimator's edge, a strong gradient
+    that the CT's projection does not have, never pulls the intensity term. All True when the
+    image has no such border.
+    """
+    tolerance = 0.01 * float(np.ptp(image))
+    flat_rows = np.ptp(image, axis=1) <= tolerance
+    flat_columns = np.ptp(image, axis=0) <= tolerance
+
+    def run(flags: np.ndarray) -> int:
+        return int(np.argmin(flags)) if not flags.all() else len(flags)
+
+    top, bottom = run(flat_rows), run(flat_rows[::-1])
+    left, right = run(flat_columns), run(flat_columns[::-1])
+    field = np.ones(image.shape, bool)
+    # A collimator frames the image on all four sides; flat rows on only some sides are something
+    # else (e.g. a rotated detector's fill) and are left alone (measured: treating those too cost
+    # the benchmark's success rate 1.00 -> 0.85).
+    if top and bottom and left and right:
+        field[:] = False
+        height, width = image.shape
+        field[top + margin_px : height - bottom - margin_px, left + margin_px : width - right - margin_px] = True
+    return field
 
 
 def _standardise(image: np.ndarray) -> np.ndarray:
@@ -205,7 +240,9 @@ def register_2d(
         result = [soft_mask(mask, spacing, radius, options.clip_distance)] if use_masks else []
         return result + [image]
 
-    levels = {f: _Level(f, maps(f, "fixed"), maps(f, "moving"), fixed_grid, moving_grid, f == options.levels[0]) for f in options.levels}
+    field = exposed_field(moving)
+    field = None if field.all() else field
+    levels = {f: _Level(f, maps(f, "fixed"), maps(f, "moving"), fixed_grid, moving_grid, f == options.levels[0], field) for f in options.levels}
     coarse = levels[options.levels[0]]
     candidates = []
     for angle in angles:
