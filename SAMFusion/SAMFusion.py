@@ -119,14 +119,10 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SAMFusionLogic()
 
-        for combo, values in (
-            (self.ui.modelComboBox, self.logic.modelIds()),
-            (self.ui.deviceComboBox, ["auto", "cpu", "cuda", "mps"]),
-            (self.ui.transformComboBox, ["rigid", "similarity", "affine", "nonrigid"]),
-            (self.ui.viewComboBox, ["AP", "LAT", "SI"]),
-            (self.ui.projectionComboBox, ["parallel", "perspective"]),
-        ):
-            combo.addItems(values)
+        # The Choice-annotated parameters fill their combo boxes through connectGui; the model list
+        # comes from the model table at run time, so that combo box is bound by hand.
+        self.ui.modelComboBox.addItems(self.logic.modelIds())
+        self.ui.modelComboBox.connect("currentTextChanged(QString)", self._onModelChanged)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -166,7 +162,12 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.ui.modelComboBox.currentText = self._parameterNode.model
             self._checkCanApply()
+
+    def _onModelChanged(self, text):
+        if self._parameterNode and text:
+            self._parameterNode.model = text
 
     def _checkCanApply(self, caller=None, event=None):
         if self._running:
