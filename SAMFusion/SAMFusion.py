@@ -187,9 +187,15 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._running, self._cancelRequested = True, False
         self.ui.applyButton.text = _("Cancel")
         self.ui.progressBar.value = 0
+        from SAMFusionLib.errors import Cancelled
+
         try:
             with slicer.util.tryWithErrorDisplay(_("SAMFusion failed."), waitCursor=True):
-                report = self.logic.process(self._parameterNode, self._onProgress, lambda: self._cancelRequested)
+                try:
+                    report = self.logic.process(self._parameterNode, self._onProgress, lambda: self._cancelRequested)
+                except Cancelled:
+                    self.ui.statusLabel.text = _("Cancelled; the scene is as it was.")
+                    return
                 verdict = report["registration"]
                 self.ui.statusLabel.text = _("Registration {result}: {reason}").format(
                     result=_("passed") if verdict["passed"] else _("FAILED"), reason=verdict["reason"]

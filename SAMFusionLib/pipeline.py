@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import SamFusionError
+from .errors import Cancelled, SamFusionError
 from .fusion import FusionOptions, fuse
 from .geometry import ImageGeometry
 from .intensity import resolve_range, to_sam_rgb
@@ -43,8 +43,8 @@ from .zoom import predict_zoomed
 STEPS = ("segment CT", "segment X-ray", "project", "register", "resample", "fuse")
 
 
-class PipelineCancelled(SamFusionError):
-    """The user cancelled the run."""
+class PipelineCancelled(Cancelled):
+    """The user cancelled the run between two steps (inside a step, the step raises ``Cancelled``)."""
 
 
 @dataclass
@@ -207,7 +207,7 @@ def run_pipeline(
     step("register")
     fixed_grid, moving_grid = fixed.plane.grid(), inputs.xray_plane.grid()
     moving = xray_rgb[..., 0].astype(np.float32)  # the same windowed grey image SAM saw
-    registration = register_2d(fixed.image, fixed_grid, moving, moving_grid, fixed.mask, xray_mask, options.registration)
+    registration = register_2d(fixed.image, fixed_grid, moving, moving_grid, fixed.mask, xray_mask, options.registration, cancelled)
     check_prompts_agree(registration, inputs, fixed, perspective)
     lap("register")
 

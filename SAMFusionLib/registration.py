@@ -13,11 +13,12 @@ points to moving points (ITK's resampling convention). Steps:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import SamFusionError
+from .errors import Cancelled, SamFusionError
 from .grid2d import Grid2D
 from .match_loss import match_loss, ngf_loss, sobel, soft_mask
 from .transforms2d import STAGES, Transform2D
@@ -147,7 +148,7 @@ def _loss(level: _Level, transform: Transform2D, fixed_grid: Grid2D, options: Re
     return total
 
 
-def _optimise(level, transform, fixed_grid, options, use_masks, stage, iterations: int) -> float:
+def _optimise(level, transform, fixed_grid, options, use_masks, stage, iterations: int, cancelled=None) -> float:
     import torch
 
     nonrigid = stage == "nonrigid"
@@ -155,6 +156,8 @@ def _optimise(level, transform, fixed_grid, options, use_masks, stage, iteration
     optimiser = torch.optim.LBFGS(parameters, lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe")
 
     def closure():
+        if cancelled is not None and cancelled():
+            raise Cancelled("cancelled during registration")
         optimiser.zero_grad()
         loss = _loss(level, transform, fixed_grid, options, use_masks, nonrigid)
         loss.backward()
@@ -209,8 +212,10 @@ def register_2d(
     fixed_mask: np.ndarray | None = None,
     moving_mask: np.ndarray | None = None,
     options: RegistrationOptions = RegistrationOptions(),
+    cancelled: Callable[[], bool] | None = None,
 ) -> RegistrationResult:
-    """Register ``moving`` to ``fixed`` ((H, W) arrays with their grids); masks are (H, W) bool."""
+    """Register ``moving`` to ``fixed`` ((H, W) arrays with their grids); masks are (H, W) bool.
+    ``cancelled()`` is polled at every optimiser evaluation."""
     import torch
 
     start = time.perf_counter()
@@ -267,7 +272,7 @@ def register_2d(
                 iterations = options.nonrigid_iterations * (2 if factor == options.levels[0] else 1)
             else:
                 iterations = options.iterations
-            loss = _optimise(levels[factor], transform, fixed_grid, options, use_masks, stage, iterations)
+            loss = _optimise(levels[factor], transform, fixed_grid, options, use_masks, stage, iterations, cancelled)
             history.append({"level": factor, "stage": stage, "loss": round(loss, 5)})
 
     nonrigid = final == 3

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .embedding_cache import Embedding, EmbeddingCache, image_key
-from .errors import SamFusionError
+from .errors import Cancelled, SamFusionError
 from .geometry import check_pixel_inside, normalize_box
 from .models import LoadedModel
 
@@ -153,7 +153,7 @@ class Segmenter:
         unique = list(dict((key, rgb) for key, rgb in todo).items())
         for start in range(0, len(unique), max(1, batch_size)):
             if cancelled is not None and cancelled():
-                raise SamFusionError("cancelled")
+                raise Cancelled("cancelled while encoding slices")
             chunk = unique[start : start + max(1, batch_size)]
             groups: dict[tuple, list] = {}
             for key, rgb in chunk:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import SamFusionError
+from .errors import Cancelled, SamFusionError
 from .geometry import ImageGeometry, SliceAxes
 from .intensity import check_finite_nonconstant, resolve_range, to_sam_rgb
 from .segmenter import Segmenter
@@ -187,7 +187,7 @@ def segment_volume(
 
     def run(index: int, points_xy, labels, box) -> np.ndarray:
         if cancelled is not None and cancelled():
-            raise SamFusionError("cancelled")
+            raise Cancelled("cancelled during the CT segmentation")
         has_points = points_xy is not None and len(points_xy) > 0
         result = predict_zoomed(
             segmenter, rgb_of(index), points_xy if has_points else None, labels if has_points else None, box, zoom

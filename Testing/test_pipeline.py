@@ -408,3 +408,17 @@ def test_phantom_pairs_carry_a_consistent_known_transform():
         assert hits.mean() > 0.97  # interior points land inside the X-ray's target
         seen_collimated |= bool(np.ptp(inputs.xray[2, 10:-10]) == 0 and inputs.xray[2, 10:-10][0] in (0.0, 255.0))
     assert seen_collimated
+
+
+def test_cancel_inside_the_registration_stops_it_and_leaves_the_scene(default_case, demo_model):
+    from SAMFusionLib.errors import Cancelled
+
+    core = mrml.headless_scene()
+    nodes = add_case_nodes(core.scene, default_case.inputs, "CT", "X-ray", "kidney")
+    before = scene_state(core.scene)
+    seen = []
+    # "register" is reported after the step's own check, so the next poll is the optimiser's.
+    with pytest.raises(Cancelled, match="cancelled during registration"):
+        run_on_scene(core.scene, nodes, Segmenter(demo_model), progress=lambda step, fraction: seen.append(step),
+                     cancelled=lambda: "register" in seen)
+    assert scene_state(core.scene) == before
