@@ -87,12 +87,12 @@ def sam_prompted(model, zoom: str = "auto") -> Callable[[np.ndarray, Target, str
 
 
 def classical_prompted(dark: bool) -> Callable[[np.ndarray, Target, str], np.ndarray]:
-    from .evaluate_demo import _otsu_component
+    from .evaluate_demo import otsu_component
 
     def run(image: np.ndarray, target: Target, prompt: str) -> np.ndarray:
         if prompt == "box":
             x0, y0, x1, y1 = (int(round(v)) for v in target.box())
-            return _otsu_component(image, x0, y0, x1, y1, not dark)
+            return otsu_component(image, x0, y0, x1, y1, not dark)
         point = target.points_xy[0] if prompt == "points" and len(target.points_xy) else target.centre_xy()
         if dark:
             return otsu_point_baseline(255 - image, point)

@@ -72,7 +72,7 @@ def lung_dice(segment: BoxSegmenter, split: str = "val") -> dict:
     return {"targets": len(scores), "mean_dice": float(np.mean(scores)) if scores else 0.0}
 
 
-def _otsu_component(image: np.ndarray, x0: int, y0: int, x1: int, y1: int, bright: bool, point=None) -> np.ndarray:
+def otsu_component(image: np.ndarray, x0: int, y0: int, x1: int, y1: int, bright: bool, point=None) -> np.ndarray:
     import cv2
 
     mask = np.zeros(image.shape, bool)
@@ -96,13 +96,13 @@ def otsu_point_baseline(image: np.ndarray, point_xy: np.ndarray, window: int = 3
     """Classical stone baseline: Otsu (bright) in a window around the point."""
     height, width = image.shape
     x, y = int(round(point_xy[0])), int(round(point_xy[1]))
-    return _otsu_component(image, max(x - window, 0), max(y - window, 0), min(x + window, width), min(y + window, height), True, point_xy)
+    return otsu_component(image, max(x - window, 0), max(y - window, 0), min(x + window, width), min(y + window, height), True, point_xy)
 
 
 def otsu_box_baseline(image: np.ndarray, box: np.ndarray) -> np.ndarray:
     """Classical lung baseline: Otsu (dark) in the box, the largest component."""
     x0, y0, x1, y1 = (int(round(v)) for v in box)
-    return _otsu_component(image, x0, y0, x1 + 1, y1 + 1, False)
+    return otsu_component(image, x0, y0, x1 + 1, y1 + 1, False)
 
 
 def sam_segmenters(model, zoom: str = "auto") -> tuple[PointSegmenter, BoxSegmenter]:
