@@ -106,6 +106,7 @@ class PipelineResult:
     xray_registered: np.ndarray
     fused: np.ndarray
     report: dict
+    inputs: PipelineInputs  # what the run was given (arrays, geometry, prompts)
 
 
 def check_inputs(inputs: PipelineInputs) -> None:
@@ -239,7 +240,7 @@ def run_pipeline(
         "xray": {"mask_pixels": int(xray_mask.sum()), "score": round(float(xray_prediction.score), 4)},
         "registration": registration.report,
     }
-    return PipelineResult(ct_mask, xray_mask, fixed, registration, from_ct_ras, displacement_ras, xray_registered, fused, report)
+    return PipelineResult(ct_mask, xray_mask, fixed, registration, from_ct_ras, displacement_ras, xray_registered, fused, report, inputs)
 
 
 def check_prompts_agree(registration: RegistrationResult, inputs: PipelineInputs, fixed: Radiograph, perspective=None) -> None:

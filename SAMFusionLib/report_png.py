@@ -15,7 +15,7 @@ import numpy as np
 from .errors import SamFusionError
 from .intensity import resolve_range, to_sam_rgb
 from .overlay import overlay
-from .pipeline import PipelineInputs, PipelineResult
+from .pipeline import PipelineResult
 
 PANEL_PX = 256
 GREEN, RED, YELLOW, CYAN = (0, 200, 0), (0, 0, 255), (0, 220, 255), (255, 255, 0)
@@ -51,7 +51,8 @@ def _draw_prompts(canvas: np.ndarray, points_xy: np.ndarray, labels: np.ndarray,
         cv2.rectangle(canvas, (x0, y0), (x1, y1), YELLOW, 1)
 
 
-def _ct_panel(inputs: PipelineInputs, result: PipelineResult, scale: int) -> np.ndarray:
+def _ct_panel(result: PipelineResult, scale: int) -> np.ndarray:
+    inputs = result.inputs
     geometry = inputs.ct_geometry
     prompts = inputs.ct_prompts
     if len(prompts.points_ras):
@@ -70,10 +71,11 @@ def _ct_panel(inputs: PipelineInputs, result: PipelineResult, scale: int) -> np.
     return _panel(canvas, f"CT slice k={k}: prompts, SAM mask")
 
 
-def render_report(inputs: PipelineInputs, result: PipelineResult) -> np.ndarray:
-    """The report picture, (rows, columns, 3) uint8 BGR."""
+def render_report(result: PipelineResult) -> np.ndarray:
+    """The report picture of a pipeline run, (rows, columns, 3) uint8 BGR."""
     import cv2
 
+    inputs = result.inputs
     scale = 2
     xray = overlay(inputs.xray, [result.xray_mask], scale)
     _draw_prompts(xray, inputs.xray_prompts.points_xy, inputs.xray_prompts.labels, inputs.xray_prompts.box_xyxy, scale)
@@ -83,7 +85,7 @@ def render_report(inputs: PipelineInputs, result: PipelineResult) -> np.ndarray:
     stretched = cv2.resize(_grey(inputs.xray), (width, height), interpolation=cv2.INTER_AREA)
     verdict = result.registration.report
     top = [
-        _ct_panel(inputs, result, scale),
+        _ct_panel(result, scale),
         _panel(xray, "X-ray: prompts, SAM mask"),
         _panel(projection, "CT projection: projected mask"),
     ]
@@ -101,8 +103,8 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return to_sam_rgb(image, resolve_range(image, "auto"))[..., 0].astype(np.float32)
 
 
-def write_report_png(inputs: PipelineInputs, result: PipelineResult, path: Path) -> None:
+def write_report_png(result: PipelineResult, path: Path) -> None:
     import cv2
 
-    if not cv2.imwrite(str(path), render_report(inputs, result)):
+    if not cv2.imwrite(str(path), render_report(result)):
         raise SamFusionError(f"cannot write {path}")

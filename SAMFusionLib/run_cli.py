@@ -29,7 +29,7 @@ from .errors import SamFusionError
 from .io import check_out_folder
 from .pipeline import PipelineOptions
 from .registration import RegistrationOptions
-from .scene_run import SceneInputs, add_case_nodes, read_inputs, run_on_scene
+from .scene_run import SceneInputs, add_case_nodes, run_on_scene
 
 XRAY_NAME = re.compile(r"x[-_ ]?ray", re.IGNORECASE)
 CT_NAME = re.compile(r"(^|[^a-z])ct([^a-z]|$)", re.IGNORECASE)
@@ -137,7 +137,6 @@ def cmd_run(args) -> int:
     options = PipelineOptions(view=args.view, projection=args.projection, source_to_centre_mm=args.source_distance,
                               source_to_detector_mm=args.detector_distance, fusion_levels=args.levels,
                               registration=RegistrationOptions(transform=args.transform))
-    inputs_for_png = read_inputs(nodes)
     progress = _progress_bar()
     try:
         outputs, result = run_on_scene(slicer_core.scene, nodes, Segmenter(model), options, progress=progress)
@@ -163,7 +162,7 @@ def cmd_run(args) -> int:
         files = mrml.save_scene(slicer_core.scene, staging, "SAMFusion.mrml")
         report["files"] = sorted(p.name for p in files) + ["report.json", "report.png"]
         (staging / "report.json").write_text(json.dumps(_finite(report), indent=2, default=_json_default, allow_nan=False))
-        write_report_png(inputs_for_png, result, staging / "report.png")
+        write_report_png(result, staging / "report.png")
     passed = report["registration"]["passed"]
     print(f"samfusion run: {len(report['files'])} files in {out}; registration {'passed' if passed else 'FAILED'}: {report['registration']['reason']}")
     if case is not None:
