@@ -59,13 +59,14 @@ def cmd_evaluate(args) -> int:
         raise SamFusionError(f"image folder not found: {args.images}")
     protocols = ["prompted", "automatic"] if args.protocol == "both" else [args.protocol]
     target_filter = evaluate.TargetFilter(args.min_area, args.max_area, args.intensity_percentile, args.dark)
-    methods = {}
-    for model_id in args.model or [None]:
-        model = load_model(model_id, device=args.device)
-        methods[model.model_id] = {"prompted": evaluate.sam_prompted(model, args.zoom), "automatic": evaluate.sam_automatic(model, args.points_per_side, args.pred_iou, args.stability)}
+    models = [load_model(model_id, device=args.device) for model_id in args.model or [None]]
     if args.checkpoint is not None:
-        model = load_model(checkpoint=args.checkpoint, device=args.device)
-        methods[model.model_id] = {"prompted": evaluate.sam_prompted(model, args.zoom), "automatic": evaluate.sam_automatic(model, args.points_per_side, args.pred_iou, args.stability)}
+        models.append(load_model(checkpoint=args.checkpoint, device=args.device))
+    methods = {
+        model.model_id: {"prompted": evaluate.sam_prompted(model, args.zoom),
+                         "automatic": evaluate.sam_automatic(model, args.points_per_side, args.pred_iou, args.stability)}
+        for model in models
+    }
     if not args.no_classical:
         methods[evaluate.CLASSICAL] = {"prompted": evaluate.classical_prompted(args.dark), "automatic": evaluate.classical_automatic(target_filter)}
     select = None
