@@ -86,11 +86,29 @@ def test_abdomen_ct_failure_is_never_reported_as_success(abdomen_run):
 
 
 @pytest.mark.xfail(strict=True, reason="blocked by the demo model: its SAM masks of the non-contrast kidney have Dice about 0.4 "
-                   "(CT) and 0.3 (X-ray), measured TRE 67-128 mm (and reported as failed); even with ground-truth masks "
-                   "this 3 mm CT (2.4 mm X-ray pixels) registers to 0.84-1.72 mm, so the registration must improve too")
+                   "(CT) and 0.3 (X-ray), measured TRE 67-128 mm (and reported as failed); with ground-truth masks the "
+                   "same case registers within 1 mm (next test)")
 def test_abdomen_ct_transform_recovers_the_known_transform_within_1_mm(abdomen_run):
     case, _, _, _, result = abdomen_run
     assert tre_mm(case, result.registration.sitk_transform) < 1.0
+
+
+def test_abdomen_ct_with_ground_truth_masks_registers_within_1_mm(shared_data):
+    """The registration half of the 1 mm requirement, on the same case: this 3 mm CT's projection
+    against the 2.4 mm X-ray, given the true kidney masks (measured 0.57 mm; 4 seeds: 0.37-0.73 mm)."""
+    from SAMFusionLib.intensity import resolve_range, to_sam_rgb
+    from SAMFusionLib.radiograph import project_ct
+    from SAMFusionLib.registration import register_2d
+    from SAMFusionLib.shared_data import abdomen_ct
+
+    hu, geometry, _, masks = abdomen_ct()
+    case = case_from_ct(hu, geometry, masks["kidney_left"], np.random.default_rng(0), nonrigid=False)
+    inputs = case.inputs
+    fixed = project_ct(inputs.ct_kji, case.ct_target_mask, inputs.ct_geometry, "AP")
+    moving = to_sam_rgb(inputs.xray, resolve_range(inputs.xray, "auto"))[..., 0].astype(np.float32)
+    result = register_2d(fixed.image, fixed.plane.grid(), moving, inputs.xray_plane.grid(), fixed.mask, case.xray_target_mask)
+    assert result.passed, result.reason
+    assert tre_mm(case, result.sitk_transform) < 1.0
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +127,25 @@ def test_default_case_segments_and_registers(default_case, default_run):
     assert dice(result.xray_mask, default_case.xray_target_mask) > 0.75  # measured 0.85
     assert result.registration.passed, result.registration.reason
     assert node_mapping_error_mm(outputs, result, default_case) < 0.05
-    assert outputs.grid_transform is not None  # the default transform is non-rigid
+    # A grid node exactly when the registration kept its non-rigid field (here the affine result
+    # correlates better with the X-ray, measured 0.83 against 0.80).
+    assert (outputs.grid_transform is not None) == (result.registration.report["chosen_model"] == "nonrigid")
+
+
+def test_a_non_rigid_result_becomes_a_grid_node_under_the_linear_one(default_case, demo_model):
+    from SAMFusionLib.pipeline import PipelineOptions
+    from SAMFusionLib.registration import RegistrationOptions
+
+    options = PipelineOptions(registration=RegistrationOptions(select_model=False))
+    core, _, outputs, result = run_case(default_case, demo_model, options=options)  # core keeps the scene alive
+    assert result.registration.report["chosen_model"] == "nonrigid"
+    assert outputs.grid_transform is not None and outputs.transform.GetTransformNodeID() == outputs.grid_transform.GetID()
+    assert node_mapping_error_mm(outputs, result, default_case) < 0.05
+    assert tre_mm(default_case, result.registration.sitk_transform) < 1.5  # measured 1.01 mm
 
 
 def test_default_case_transform_within_1_mm(default_case, default_run):
-    """The known transform is recovered at the test points (measured 0.87 mm)."""
+    """The known transform is recovered at the test points (measured 0.76 mm)."""
     assert tre_mm(default_case, default_run[3].registration.sitk_transform) < 1.0
 
 
