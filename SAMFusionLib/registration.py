@@ -136,7 +136,7 @@ class _Level:
         self.moving_origin = torch.as_tensor(moving_grid.origin, dtype=torch.float64)
         self.moving_hw = moving_grid.shape_hw
 
-    def warp(self, transform: Transform2D, fixed_grid: Grid2D, nonrigid: bool) -> list:
+    def warp(self, transform: Transform2D, nonrigid: bool) -> list:
         import torch
         import torch.nn.functional as F
 
@@ -155,7 +155,7 @@ class _Level:
 
 def _loss(level: _Level, transform: Transform2D, fixed_grid: Grid2D, options: RegistrationOptions, use_masks: bool, nonrigid: bool,
           match_scale: float = 1.0):
-    warped = level.warp(transform, fixed_grid, nonrigid)
+    warped = level.warp(transform, nonrigid)
     total = 0.0
     if use_masks and match_scale > 0:
         weight = options.match_weight * match_scale
