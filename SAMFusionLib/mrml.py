@@ -272,15 +272,22 @@ def add_segmentation(scene, mask_kji: np.ndarray, reference_node, segment_name: 
 
 
 def segment_array(segmentation_node, segment_name: str, reference_node) -> np.ndarray:
-    """(k, j, i) uint8 mask of a named segment, on the reference volume's grid."""
+    """(k, j, i) uint8 mask of a named segment, on the reference volume's grid.
+
+    Read in the nodes' own frame: the reference must sit under the same transform as the
+    segmentation (or both under none). Reading in world coordinates would resample the labelmap
+    through a non-linear parent onto a new grid.
+    """
     import slicer
     from vtk.util import numpy_support
 
     segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(segment_name)
     if not segment_id:
         raise SamFusionError(f"no segment named {segment_name!r} in {segmentation_node.GetName()}")
+    if segmentation_node.GetTransformNodeID() != reference_node.GetTransformNodeID():
+        raise SamFusionError(f"{segmentation_node.GetName()} and {reference_node.GetName()} are under different transforms")
     labelmap = slicer.vtkOrientedImageData()
-    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentation_node, segment_id, labelmap)
+    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentation_node, segment_id, labelmap, False)
     geometry = volume_geometry(reference_node)
     reference = _image_data(np.zeros(geometry.shape_kji, np.uint8), slicer.vtkOrientedImageData)
     reference.SetImageToWorldMatrix(_vtk_matrix(geometry.ijk_to_ras))

@@ -108,8 +108,8 @@ def run_on_scene(
     ``reuse`` holds output nodes (any may be None) to refill instead of creating new ones, as the
     panel's output selectors do; they are touched only after the pipeline has succeeded.
 
-    With ``apply_transform`` the X-ray node (with its prompts) is put under the
-    new transform, which shows it aligned on the CT's projection plane.
+    With ``apply_transform`` the X-ray node, its segmentation and its prompts are put under the
+    new transform, which shows them aligned on the CT's projection plane.
     """
     inputs = read_inputs(nodes)
     result = run_pipeline(segmenter, inputs, options, progress, cancelled)
@@ -124,10 +124,10 @@ def run_on_scene(
                                               linear=old.transform, grid=old.grid_transform)
         fused = mrml.add_image_2d(scene, result.fused, result.fixed.plane, f"{ct_name} + {xray_name} fused", node=old.fused)
         if apply_transform:
-            # The prompts move with the X-ray, so that they stay on it for a re-run. The X-ray's
-            # segmentation stays in the X-ray's frame: under a non-linear parent, slicer-core was
-            # seen to re-grid its labelmap (its voxels no longer on the X-ray's grid).
-            for node in (nodes.xray, nodes.xray_points, nodes.xray_negative_points, nodes.xray_roi):
+            # The segmentation and the prompts move with the X-ray: the mask shows on it, and the
+            # prompts stay on it for a re-run. (Their data keep the X-ray's frame; only reading them
+            # in world coordinates resamples through the transform, see mrml.segment_array.)
+            for node in (nodes.xray, xray_segmentation, nodes.xray_points, nodes.xray_negative_points, nodes.xray_roi):
                 if node is not None:
                     node.SetAndObserveTransformNodeID(transform.GetID())
     outputs = SceneOutputs(ct_segmentation, xray_segmentation, projection, transform, grid, fused)

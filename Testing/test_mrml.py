@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import vtk
 
 from SAMFusionLib import mrml
 from SAMFusionLib.errors import SamFusionError
@@ -62,6 +63,17 @@ def test_segment_round_trip_on_the_reference_grid(core):
     np.testing.assert_array_equal(mrml.segment_array(segmentation, "kidney", volume), mask)
     with pytest.raises(SamFusionError, match="no segment named"):
         mrml.segment_array(segmentation, "liver", volume)
+    # Under a transform, the mask is read in the nodes' own frame, with its volume under the same one.
+    shift = core.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 7.5)
+    matrix.SetElement(1, 3, -3.0)
+    shift.SetMatrixTransformToParent(matrix)
+    segmentation.SetAndObserveTransformNodeID(shift.GetID())
+    with pytest.raises(SamFusionError, match="under different transforms"):
+        mrml.segment_array(segmentation, "kidney", volume)
+    volume.SetAndObserveTransformNodeID(shift.GetID())
+    np.testing.assert_array_equal(mrml.segment_array(segmentation, "kidney", volume), mask)
 
 
 def test_point_prompts_from_two_lists_or_from_the_selected_state(core):

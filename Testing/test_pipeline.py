@@ -142,6 +142,10 @@ def test_a_non_rigid_result_becomes_a_grid_node_under_the_linear_one(default_cas
     assert outputs.grid_transform is not None and outputs.transform.GetTransformNodeID() == outputs.grid_transform.GetID()
     assert node_mapping_error_mm(outputs, result, default_case) < 0.05
     assert tre_mm(default_case, result.registration.sitk_transform) < 1.5  # measured 1.01 mm
+    # The X-ray's segmentation moves with the X-ray, its mask unchanged on the X-ray's grid.
+    xray = core.scene.GetFirstNodeByName("X-ray")
+    assert outputs.xray_segmentation.GetTransformNodeID() == xray.GetTransformNodeID() == outputs.transform.GetID()
+    np.testing.assert_array_equal(mrml.segment_array(outputs.xray_segmentation, "kidney", xray)[0], result.xray_mask)
 
 
 def test_default_case_transform_within_1_mm(default_case, default_run):
