@@ -136,7 +136,7 @@ def cmd_run(args) -> int:
     model = _load(args)
     options = PipelineOptions(view=args.view, projection=args.projection, source_to_centre_mm=args.source_distance,
                               source_to_detector_mm=args.detector_distance, fusion_levels=args.levels,
-                              registration=RegistrationOptions(transform=args.transform))
+                              registration=RegistrationOptions(transform=args.transform), box_fallback=not args.no_box_fallback)
     progress = _progress_bar()
     try:
         outputs, result = run_on_scene(slicer_core.scene, nodes, Segmenter(model), options, progress=progress)
@@ -227,6 +227,8 @@ def add_parser(commands) -> None:
     run.add_argument("--source-distance", type=float, default=1000.0, help="perspective: source to the CT's centre (mm)")
     run.add_argument("--detector-distance", type=float, default=1500.0, help="perspective: source to the detector (mm)")
     run.add_argument("--levels", type=int, default=3, help="fusion pyramid levels (default 3)")
+    run.add_argument("--no-box-fallback", action="store_true",
+                     help="report a registration on SAM's masks that fails as failed, without retrying on the prompt boxes")
     from .cli import _add_model_options
 
     _add_model_options(run)
