@@ -92,6 +92,7 @@ class SAMFusionParameterNode:
     projection: Annotated[str, Choice(["parallel", "perspective"])] = "parallel"
     levels: Annotated[int, WithinRange(1, 6)] = 3
     applyTransform: bool = True
+    boxFallback: bool = True
     # Outputs: None creates new nodes on Apply; a selected node is refilled (the panel's "reuse").
     outCtSegmentation: vtkMRMLSegmentationNode
     outXraySegmentation: vtkMRMLSegmentationNode
@@ -309,7 +310,8 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         p = parameterNode
         reuse = SceneOutputs(p.outCtSegmentation, p.outXraySegmentation, p.outProjection, p.outTransform, p.outGridTransform, p.outFused)
         nodes = SceneInputs(p.ct, p.xray, p.ctPoints, p.ctNegativePoints, p.ctRoi, p.xrayPoints, p.xrayNegativePoints, p.xrayRoi)
-        options = PipelineOptions(view=p.view, projection=p.projection, fusion_levels=p.levels, registration=RegistrationOptions(transform=p.transform))
+        options = PipelineOptions(view=p.view, projection=p.projection, fusion_levels=p.levels, registration=RegistrationOptions(transform=p.transform),
+                                  box_fallback=p.boxFallback)
         outputs, result = run_on_scene(
             slicer.mrmlScene, nodes, self.segmenter(p.model, p.device), options, progress, cancelled,
             apply_transform=p.applyTransform, reuse=reuse,
