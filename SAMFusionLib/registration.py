@@ -110,13 +110,12 @@ def _check_inputs(fixed, fixed_grid, moving, moving_grid, fixed_mask, moving_mas
 class _Level:
     """Maps of one resolution level: fixed maps on a coarse grid, moving maps to sample."""
 
-    def __init__(self, factor: int, fixed_maps, moving_maps, fixed_grid: Grid2D, moving_grid: Grid2D, coarsest: bool,
+    def __init__(self, factor: int, fixed_maps, moving_maps, fixed_grid: Grid2D, moving_grid: Grid2D,
                  moving_field: np.ndarray | None = None, control_shape: tuple[int, int] = (10, 10)):
         import cv2
         import torch
         import torch.nn.functional as F
 
-        self.coarsest = coarsest
         self.fixed = [F.avg_pool2d(torch.as_tensor(m)[None, None], factor, ceil_mode=True) for m in fixed_maps]
         self.fixed_gradients = [sobel(m) for m in self.fixed]  # constant: computed once, not at every iteration
         height, width = self.fixed[0].shape[-2:]
@@ -296,7 +295,7 @@ def register_2d(
 
     field = exposed_field(moving)
     field = None if field.all() else field
-    levels = {f: _Level(f, maps(f, "fixed"), maps(f, "moving"), fixed_grid, moving_grid, f == options.levels[0], field, options.control_shape)
+    levels = {f: _Level(f, maps(f, "fixed"), maps(f, "moving"), fixed_grid, moving_grid, field, options.control_shape)
               for f in options.levels}
     coarse = levels[options.levels[0]]
     candidates = []
