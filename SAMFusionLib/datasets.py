@@ -139,35 +139,19 @@ def shared_stones(split: str = "train") -> SampleSource:
 
 
 def shared_kidneys() -> SampleSource:
-    """Axial slices of the abdomen CT's caudal kidney half (the cranial half is kept for validation).
-
-    The slices are cut from the CT resampled onto the pipeline's view grid (``radiograph.view_geometry``),
-    so the model sees them the way the pipeline shows them: the radiological display, anterior up and
-    the patient's right on the image's left, whatever the file's storage order.
-    """
-    from .radiograph import resample, view_geometry
+    """Axial slices of the abdomen CT's caudal kidney half (the cranial half is kept for validation)."""
     from .shared_data import abdomen_ct
 
-    hu_file, geometry, _, masks_file = abdomen_ct()
-    grid = view_geometry(geometry, "AP")
-    hu = resample(hu_file.astype(np.float32), geometry, grid, default=float(hu_file.min()))
-    masks = {name: resample(mask.astype(np.uint8), geometry, grid, nearest=True).astype(bool) for name, mask in masks_file.items()}
-    # The view grid's axis nearest the file's slice axis: axial slices, as the pipeline cuts them.
-    axis = int(np.argmax(np.abs((grid.ijk_to_ras[:3, :3] / grid.spacing_mm).T @ geometry.ijk_to_ras[:3, 2])))
-    slice_axis = 2 - axis  # IJK axis -> (k, j, i) array axis
-    intensity = resolve_range(hu, "soft_tissue")
+    hu, _, _, masks = abdomen_ct()
     candidates = []
     for name, mask in masks.items():
-        counts = np.moveaxis(mask, slice_axis, 0).reshape(mask.shape[slice_axis], -1).sum(1)
-        slices = np.flatnonzero(counts > 20)
-        # The caudal half: the view grid's slice index may run either way along S-I.
-        superior = grid.ijk_to_ras[2, axis] > 0
-        ordered = slices if superior else slices[::-1]
-        candidates += [(name, int(k)) for k in ordered[: len(ordered) // 2]]
+        slices = np.flatnonzero(mask.reshape(mask.shape[0], -1).sum(1) > 20)
+        candidates += [(name, int(k)) for k in slices[: len(slices) // 2]]
+    intensity = resolve_range(hu, "soft_tissue")
 
     def draw(rng: np.random.Generator):
         name, k = candidates[rng.integers(len(candidates))]
-        return to_sam_rgb(np.take(hu, k, axis=slice_axis), intensity), np.take(masks[name], k, axis=slice_axis)
+        return to_sam_rgb(hu[k], intensity), masks[name][k]
 
     return draw
 
