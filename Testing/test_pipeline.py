@@ -308,9 +308,9 @@ def test_run_without_arguments_writes_the_default_case(tmp_path, capsys):
     assert picture is not None and picture.shape[0] > 400 and picture.shape[1] > 700
 
 
-def write_case_files(folder):
-    """The default case as files, written by MRML: CT.nrrd, X-ray.nrrd and the prompts' .mrk.json."""
-    case = make_demo_case()
+def write_case_files(folder, case=None):
+    """A case (default: the default case) as files, written by MRML: CT.nrrd, X-ray.nrrd and the prompts' .mrk.json."""
+    case = case or make_demo_case()
     core = mrml.headless_scene()
     add_case_nodes(core.scene, case.inputs, "CT", "X-ray", "kidney")
     folder.mkdir()
@@ -331,6 +331,20 @@ def test_run_from_files_with_markups_prompts(tmp_path, demo_model):
     # The same prompts through files give the same CT mask as in memory.
     in_memory = run_pipeline(Segmenter(demo_model), case.inputs)
     assert report["ct"]["mask_voxels"] == int(in_memory.ct_mask_kji.sum())
+
+
+def test_run_on_files_falls_back_on_the_boxes_unless_told_not_to(tmp_path, abdomen_run, capsys):
+    """The abdomen case as files: exit 0 on the prompt boxes; with --no-box-fallback, exit 3 (the
+    masks' failure), the outputs written all the same."""
+    inputs_dir = tmp_path / "inputs"
+    write_case_files(inputs_dir, abdomen_run[0])
+    prompts = [str(inputs_dir / f"{name}.mrk.json") for name in ("CT_points", "CT_ROI", "X-ray_points", "X-ray_ROI")]
+    files = ["run", "--ct", str(inputs_dir / "CT.nrrd"), "--xray", str(inputs_dir / "X-ray.nrrd"), "--prompts", *prompts]
+    for extra, code, reference in (([], 0, "prompt boxes"), (["--no-box-fallback"], 3, "SAM masks")):
+        out = tmp_path / f"out{code}"
+        assert main([*files, "--out", str(out), *extra]) == code
+        report = json.loads((out / "report.json").read_text())
+        assert report["registration"]["reference"] == reference and report["registration"]["passed"] == (code == 0)
 
 
 @pytest.mark.parametrize("args, message", [
