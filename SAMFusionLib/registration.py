@@ -152,7 +152,7 @@ class _Level:
         return warped
 
 
-def _loss(level: _Level, transform: Transform2D, fixed_grid: Grid2D, options: RegistrationOptions, use_masks: bool, nonrigid: bool,
+def _loss(level: _Level, transform: Transform2D, options: RegistrationOptions, use_masks: bool, nonrigid: bool,
           match_scale: float = 1.0):
     warped = level.warp(transform, nonrigid)
     total = 0.0
@@ -171,6 +171,9 @@ def _loss(level: _Level, transform: Transform2D, fixed_grid: Grid2D, options: Re
 
 @dataclass(frozen=True)
 class Step:
+    """One L-BFGS run: at pixel ``factor``, freeing the parameters of ``stage``, for up to
+    ``iterations``, with the mask term's weight scaled by ``match_scale``."""
+
     factor: int
     stage: str
     iterations: int
@@ -196,7 +199,7 @@ def schedule(options: RegistrationOptions, fixed_pixels: int) -> list[Step]:
     return steps
 
 
-def _optimise(level, transform, fixed_grid, options, use_masks, step: Step, cancelled=None) -> float:
+def _optimise(level, transform, options, use_masks, step: Step, cancelled=None) -> float:
     import torch
 
     nonrigid = step.stage == "nonrigid"
@@ -207,13 +210,13 @@ def _optimise(level, transform, fixed_grid, options, use_masks, step: Step, canc
         if cancelled is not None and cancelled():
             raise Cancelled("cancelled during registration")
         optimiser.zero_grad()
-        loss = _loss(level, transform, fixed_grid, options, use_masks, nonrigid, step.match_scale)
+        loss = _loss(level, transform, options, use_masks, nonrigid, step.match_scale)
         loss.backward()
         return loss
 
     optimiser.step(closure)
     with torch.no_grad():
-        return float(_loss(level, transform, fixed_grid, options, use_masks, nonrigid, step.match_scale))
+        return float(_loss(level, transform, options, use_masks, nonrigid, step.match_scale))
 
 
 def exposed_field(image: np.ndarray, margin_px: int = 3) -> np.ndarray:
@@ -302,7 +305,7 @@ def register_2d(
     for angle in angles:
         candidate = Transform2D(c_f, c_m - c_f, angle, log_scale, options.control_shape)
         with torch.no_grad():
-            candidates.append((float(_loss(coarse, candidate, fixed_grid, options, use_masks, False)), candidate))
+            candidates.append((float(_loss(coarse, candidate, options, use_masks, False)), candidate))
     transform = min(candidates, key=lambda pair: pair[0])[1]
 
     history = []
@@ -310,7 +313,7 @@ def register_2d(
     for step in schedule(options, fixed.size):
         if step.stage == "nonrigid" and linear_result is None:
             linear_result = transform.copy()
-        loss = _optimise(levels[step.factor], transform, fixed_grid, options, use_masks, step, cancelled)
+        loss = _optimise(levels[step.factor], transform, options, use_masks, step, cancelled)
         history.append({"level": step.factor, "stage": step.stage, "loss": round(loss, 5)})
 
     nonrigid = final == 3
