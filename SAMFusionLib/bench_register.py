@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .grid2d import Grid2D
+from .grid2d import Grid2D, resample_onto
 from .xray_sim import random_transform, render_contrast
 
 SIZE = 400
@@ -75,7 +75,6 @@ def _sources() -> list[tuple[str, np.ndarray, np.ndarray, Grid2D, str]]:
 def make_cases(count: int = 20, seed: int = 0) -> list[Case]:
     """``count`` cases: about a third from the abdomen CT projection, the rest from the chest X-rays."""
     import cv2
-    import SimpleITK as sitk
 
     rng = np.random.default_rng(seed)
     sources = _sources()
@@ -84,14 +83,8 @@ def make_cases(count: int = 20, seed: int = 0) -> list[Case]:
         name, image, mask, grid, kind = sources[0] if n % 3 == 0 else sources[1 + (n // 3 * 2 + n % 3) % (len(sources) - 1)]
         nonrigid = n % 2 == 1
         truth, inverse = random_transform(grid, rng, nonrigid)
-        reference = sitk.GetImageFromArray(image)
-        grid.apply_to(reference)
-        contrast = sitk.GetImageFromArray(render_contrast(image, rng, kind))
-        contrast.CopyInformation(reference)
-        moving = sitk.GetArrayFromImage(sitk.Resample(contrast, reference, inverse, sitk.sitkLinear, 0.0))
-        mask_image = sitk.GetImageFromArray(mask.astype(np.uint8))
-        mask_image.CopyInformation(reference)
-        moving_mask = sitk.GetArrayFromImage(sitk.Resample(mask_image, reference, inverse, sitk.sitkNearestNeighbor, 0)).astype(np.uint8)
+        moving = resample_onto(render_contrast(image, rng, kind), grid, grid, inverse)
+        moving_mask = resample_onto(mask.astype(np.uint8), grid, grid, inverse, nearest=True)
         kernel = np.ones((3, 3), np.uint8)
         moving_mask = (cv2.erode(moving_mask, kernel) if rng.random() < 0.5 else cv2.dilate(moving_mask, kernel)).astype(bool)
         around = cv2.dilate(mask.astype(np.uint8), np.ones((31, 31), np.uint8)).astype(bool)

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .geometry import ImageGeometry
-from .grid2d import Grid2D
+from .grid2d import Grid2D, resample_onto
 from .pipeline import PipelineInputs, XrayPrompts
 from .plane import Plane
 from .radiograph import project_ct
 from .volume import VolumePrompts
-from .xray_sim import random_transform, warp_onto
+from .xray_sim import random_transform
 
 TARGET = "kidney_left"
 SPACING_MM = (1.2, 1.2, 2.5)
@@ -117,7 +117,7 @@ def case_from_ct(hu_kji: np.ndarray, ct_geometry: ImageGeometry, target: np.ndar
     inverse.AddTransform(unwarp)
     inverse.AddTransform(sitk.TranslationTransform(2, tuple(-shift)))  # applied first
 
-    xray = warp_onto(xray_contrast(fixed.image, rng), fixed_grid, xray_grid, inverse).astype(np.float32)
+    xray = resample_onto(xray_contrast(fixed.image, rng), fixed_grid, xray_grid, inverse).astype(np.float32)
     if collimation:
         rows, columns = xray_shape
         top, bottom = (int(rows * f) for f in rng.uniform(0.03, 0.10, 2))
@@ -127,7 +127,7 @@ def case_from_ct(hu_kji: np.ndarray, ct_geometry: ImageGeometry, target: np.ndar
         xray[~exposed] = 255.0  # no exposure: as bright as the densest bone
     if inverted:
         xray = 255.0 - xray
-    xray_mask = warp_onto(fixed.mask.astype(np.uint8), fixed_grid, xray_grid, inverse, nearest=True).astype(bool)
+    xray_mask = resample_onto(fixed.mask.astype(np.uint8), fixed_grid, xray_grid, inverse, nearest=True).astype(bool)
 
     low, high = box_of(target, margin=2.0)
     corners_ijk = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])

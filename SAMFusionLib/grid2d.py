@@ -55,3 +55,17 @@ class Grid2D:
         image.SetSpacing(tuple(float(s) for s in self.spacing))
         image.SetOrigin(tuple(float(o) for o in self.origin))
         image.SetDirection(tuple(float(d) for d in self.direction.ravel()))
+
+
+def resample_onto(image: np.ndarray, grid: Grid2D, target: Grid2D, transform, nearest: bool = False) -> np.ndarray:
+    """(H, W) ``image`` on ``grid`` resampled onto ``target`` through ``transform`` (a SimpleITK
+    transform mapping target points to ``grid`` points, ITK's resampling direction); linear, or
+    nearest for masks; 0 outside. The result keeps the image's dtype."""
+    import SimpleITK as sitk
+
+    source = sitk.GetImageFromArray(np.ascontiguousarray(image))
+    grid.apply_to(source)
+    reference = sitk.Image(target.shape_hw[1], target.shape_hw[0], source.GetPixelID())
+    target.apply_to(reference)
+    interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    return sitk.GetArrayFromImage(sitk.Resample(source, reference, transform, interpolator, 0.0))

@@ -31,6 +31,7 @@ import numpy as np
 from .errors import Cancelled, SamFusionError
 from .fusion import FusionOptions, fuse
 from .geometry import ImageGeometry
+from .grid2d import resample_onto
 from .intensity import resolve_range, to_sam_rgb
 from .plane import Plane, linear_from_fixed_ras
 from .prompt_shapes import prompt_box_masks, to_fixed_plane
@@ -38,7 +39,6 @@ from .radiograph import Radiograph, perspective_for, project_ct, project_ct_pers
 from .registration import RegistrationOptions, RegistrationResult, register_2d
 from .segmenter import Segmenter
 from .volume import VolumePrompts, segment_volume
-from .xray_sim import warp_onto
 from .zoom import predict_zoomed
 
 STEPS = ("segment CT", "segment X-ray", "project", "register", "resample", "fuse")
@@ -220,13 +220,13 @@ def run_pipeline(
 
     # 5. Resample, and express the transform in RAS.
     step("resample")
-    xray_registered = warp_onto(moving, moving_grid, fixed_grid, registration.sitk_transform)
+    xray_registered = resample_onto(moving, moving_grid, fixed_grid, registration.sitk_transform)
     from_ct_ras, displacement_ras = transform_in_ras(registration.sitk_transform, fixed.plane, inputs.xray_plane)
     lap("resample")
 
     # 6. Fuse.
     step("fuse")
-    registered_mask = warp_onto(xray_mask.astype(np.uint8), moving_grid, fixed_grid, registration.sitk_transform, nearest=True).astype(bool)
+    registered_mask = resample_onto(xray_mask.astype(np.uint8), moving_grid, fixed_grid, registration.sitk_transform, nearest=True).astype(bool)
     fused = fuse(fixed.image, xray_registered, FusionOptions(levels=options.fusion_levels), target=fixed.mask | registered_mask)
     lap("fuse")
     step("fuse", 1.0)

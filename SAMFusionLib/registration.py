@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import Cancelled, SamFusionError
-from .grid2d import Grid2D
+from .grid2d import Grid2D, resample_onto
 from .match_loss import match_loss, ngf_loss, sobel, soft_mask
 from .transforms2d import STAGES, Transform2D, cubic_weights
 
@@ -352,18 +352,10 @@ def gradient_correlation_after(fixed: np.ndarray, fixed_grid: Grid2D, moving: np
     eroded by 2 px, so that its border is no edge. 0 without overlap.
     """
     import cv2
-    import SimpleITK as sitk
 
-    def warp(image: np.ndarray, interpolator) -> np.ndarray:
-        source = sitk.GetImageFromArray(np.ascontiguousarray(image, np.float32))
-        moving_grid.apply_to(source)
-        reference = sitk.Image(fixed_grid.shape_hw[1], fixed_grid.shape_hw[0], sitk.sitkFloat32)
-        fixed_grid.apply_to(reference)
-        return sitk.GetArrayFromImage(sitk.Resample(source, reference, sitk_transform, interpolator, 0.0))
-
-    warped = warp(moving, sitk.sitkLinear)
+    warped = resample_onto(np.asarray(moving, np.float32), moving_grid, fixed_grid, sitk_transform)
     exposed = np.ones_like(moving, np.float32) if moving_field is None else moving_field.astype(np.float32)
-    covered = cv2.erode((warp(exposed, sitk.sitkNearestNeighbor) > 0).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    covered = cv2.erode((resample_onto(exposed, moving_grid, fixed_grid, sitk_transform, nearest=True) > 0).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     if covered.sum() < 16:
         return 0.0
     correlations = []
@@ -377,13 +369,7 @@ def gradient_correlation_after(fixed: np.ndarray, fixed_grid: Grid2D, moving: np
 
 def warp_mask(mask: np.ndarray, grid: Grid2D, reference_grid: Grid2D, sitk_transform) -> np.ndarray:
     """Resample a moving (H, W) bool mask onto the fixed grid through the fixed->moving transform."""
-    import SimpleITK as sitk
-
-    moving = sitk.GetImageFromArray(mask.astype(np.uint8))
-    grid.apply_to(moving)
-    reference = sitk.Image(reference_grid.shape_hw[1], reference_grid.shape_hw[0], sitk.sitkUInt8)
-    reference_grid.apply_to(reference)
-    return sitk.GetArrayFromImage(sitk.Resample(moving, reference, sitk_transform, sitk.sitkNearestNeighbor, 0)).astype(bool)
+    return resample_onto(mask.astype(np.uint8), grid, reference_grid, sitk_transform, nearest=True).astype(bool)
 
 
 def quality_check(fixed_mask, fixed_grid, moving_mask, moving_grid, sitk_transform, transform: Transform2D, options) -> tuple[bool, str, dict]:

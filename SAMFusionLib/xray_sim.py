@@ -4,8 +4,8 @@
   rendering with either display polarity, else gamma and polarity; then blur and noise.
 - ``random_transform``: a known transform T (fixed -> moving): rotation up to +-20 degrees, scale
   0.88-1.12, shear up to 0.08, translation up to +-8% of the size, optionally a smooth non-rigid
-  displacement (up to 2.5% of the size); returned with its inverse.
-- ``warp_onto``: the moving image on its own grid, moving(q) = source(T^-1(q)).
+  displacement (up to 2.5% of the size); returned with its inverse (for ``grid2d.resample_onto``:
+  the moving image on its own grid is moving(q) = source(T^-1(q))).
 """
 
 from __future__ import annotations
@@ -63,15 +63,3 @@ def random_transform(grid: Grid2D, rng: np.random.Generator, nonrigid: bool):
     backward.AddTransform(sitk.DisplacementFieldTransform(inverse_field))
     backward.AddTransform(affine.GetInverse())  # applied first
     return forward, backward
-
-
-def warp_onto(image: np.ndarray, grid: Grid2D, target: Grid2D, inverse, nearest: bool = False) -> np.ndarray:
-    """Resample ``image`` (on ``grid``) onto ``target`` through ``inverse`` (target -> grid points)."""
-    import SimpleITK as sitk
-
-    source = sitk.GetImageFromArray(np.ascontiguousarray(image))
-    grid.apply_to(source)
-    reference = sitk.Image(target.shape_hw[1], target.shape_hw[0], source.GetPixelID())
-    target.apply_to(reference)
-    interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
-    return sitk.GetArrayFromImage(sitk.Resample(source, reference, inverse, interpolator, 0.0))
