@@ -73,20 +73,27 @@ def test_abdomen_ct_end_to_end_gives_nodes_on_the_right_grids(abdomen_run, tmp_p
     np.testing.assert_array_equal(mrml.segment_array(reloaded.GetFirstNodeByName("CT segmentation"), "kidney", reloaded_ct), ct_mask)
 
 
+# The quality check's verdicts on masks of different targets: they do not overlap after
+# registration, or they do but off the user's prompts.
+MASK_FAILURES = ("mask Dice after registration", "not the same target")
+
+
 def test_abdomen_ct_masks_failure_is_reported_and_the_prompt_boxes_take_over(abdomen_run):
     """The demo model cannot see this non-contrast kidney well (Dice measured about 0.4): its two
-    masks get aligned to each other but not to the anatomy, which the prompts show. The pipeline
-    says so, and registers on the prompt boxes instead."""
+    masks cannot be laid onto each other (mask Dice measured 0.67), and where they could, not onto
+    the anatomy, which the prompts show. The pipeline says so, and registers on the prompt boxes."""
     _, _, _, _, result = abdomen_run
     report = result.registration.report
-    assert "not the same target" in report["sam_masks_failure"]
+    assert any(reason in report["sam_masks_failure"] for reason in MASK_FAILURES), report["sam_masks_failure"]
     assert report["reference"] == "prompt boxes" and result.registration.passed
+    # Ellipses in boxes carry no outline: the retry fits at most an affine transform.
+    assert report["transform"] == "affine" and report["chosen_model"] == "affine"
     assert result.registration.reason.startswith("on the prompt boxes, because SAM's masks failed")
     assert report["prompt_distance_mm"] <= report["prompt_tolerance_mm"]
 
 
 def test_abdomen_ct_transform_recovers_the_known_transform_within_1_mm(abdomen_run):
-    """Measured 0.75 mm (4 seeds: 0.21-1.15 mm), through the prompt-box fallback above."""
+    """Measured 0.76 mm (4 seeds: 0.25-1.04 mm), through the prompt-box fallback above."""
     case, _, _, _, result = abdomen_run
     assert tre_mm(case, result.registration.sitk_transform) < 1.0
 
@@ -97,7 +104,8 @@ def test_without_the_fallback_the_masks_failure_stays_a_failure(abdomen_run, dem
     case = abdomen_run[0]
     result = run_pipeline(Segmenter(demo_model), case.inputs, PipelineOptions(box_fallback=False))
     assert not result.registration.passed and result.registration.report["reference"] == "SAM masks"
-    assert "not the same target" in result.registration.reason
+    assert any(reason in result.registration.reason for reason in MASK_FAILURES), result.registration.reason
+    assert tre_mm(case, result.registration.sitk_transform) > 5.0
     assert tre_mm(case, result.registration.sitk_transform) > 2.0  # measured 67 mm
 
 
@@ -120,7 +128,7 @@ def test_a_fallback_that_fails_its_own_check_is_not_used(default_case, default_r
 
 def test_abdomen_ct_with_ground_truth_masks_registers_within_1_mm(shared_data):
     """The registration half of the 1 mm requirement, on the same case: this 3 mm CT's projection
-    against the 2.4 mm X-ray, given the true kidney masks (measured 0.57 mm; 4 seeds: 0.37-0.73 mm)."""
+    against the 2.4 mm X-ray, given the true kidney masks (measured 0.50 mm; 4 seeds: 0.30-0.73 mm)."""
     from SAMFusionLib.intensity import resolve_range, to_sam_rgb
     from SAMFusionLib.radiograph import project_ct
     from SAMFusionLib.registration import register_2d
@@ -174,7 +182,7 @@ def test_a_non_rigid_result_becomes_a_grid_node_under_the_linear_one(default_cas
 
 
 def test_default_case_transform_within_1_mm(default_case, default_run):
-    """The known transform is recovered at the test points (measured 0.70 mm)."""
+    """The known transform is recovered at the test points (measured 0.69 mm)."""
     assert tre_mm(default_case, default_run[3].registration.sitk_transform) < 1.0
 
 
