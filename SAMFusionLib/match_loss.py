@@ -53,13 +53,12 @@ def match_loss(a, b, mode: str = "vector", weight=None, grad_a=None):
     return (difference * weight).sum() / weight.sum().clamp(min=1e-6)
 
 
-def ngf_loss(a, b, epsilon: float = 1e-2, weight=None, grad_a=None, epsilon_b: float | None = None):
+def ngf_loss(a, b, epsilon: float = 1e-2, weight=None, grad_a=None):
     """NGF distance in [0, 1] between two (B, 1, H, W) images; contrast- and polarity-invariant.
-    ``grad_a``: ``sobel(a)`` when already known. ``epsilon_b``: b's own epsilon (default ``epsilon``)."""
+    ``grad_a``: ``sobel(a)`` when already known."""
     ga, gb = sobel(a) if grad_a is None else grad_a, sobel(b)
-    epsilon_b = epsilon if epsilon_b is None else epsilon_b
     dot = (ga * gb).sum(1, keepdim=True)
-    norm = (ga.pow(2).sum(1, keepdim=True) + epsilon**2) * (gb.pow(2).sum(1, keepdim=True) + epsilon_b**2)
+    norm = (ga.pow(2).sum(1, keepdim=True) + epsilon**2) * (gb.pow(2).sum(1, keepdim=True) + epsilon**2)
     alignment = dot.pow(2) / norm
     if weight is None:
         return 1.0 - alignment.mean()
