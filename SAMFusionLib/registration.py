@@ -77,6 +77,9 @@ class RegistrationOptions:
     select_model: bool = True
     select_by: str = "either"
     selection_gain: float = 1.15
+    # Where the optimisation runs: "cpu" (measured: all figures here), "cuda" or "auto" (CUDA when
+    # present). Apple MPS lacks float64, which the transform uses, so it is refused.
+    device: str = "cpu"
     ngf_epsilon: float = 0.2  # on standardised images; larger ignores weak (noisy) gradients (0.05 -> 0.2: median TRE 0.96 -> 0.78 mm)
 
 
@@ -126,11 +129,11 @@ def _check_inputs(fixed, fixed_grid, moving, moving_grid, fixed_mask, moving_mas
 class MaskOffset:
     """A fitted offset (mm) of the moving mask's contour along its normal, bounded to +-bound_mm."""
 
-    def __init__(self, bound_mm: float):
+    def __init__(self, bound_mm: float, device="cpu"):
         import torch
 
         self.bound_mm = bound_mm
-        self.raw = torch.zeros(1, dtype=torch.float64)
+        self.raw = torch.zeros(1, dtype=torch.float64, device=device)
 
     def mm(self):
         import torch
@@ -147,29 +150,29 @@ class _Level:
     """
 
     def __init__(self, factor: int, fixed_maps, moving_maps, fixed_grid: Grid2D, moving_grid: Grid2D,
-                 exposed: tuple[int, int, int, int], control_shape: tuple[int, int] = (10, 10)):
+                 exposed: tuple[int, int, int, int], control_shape: tuple[int, int] = (10, 10), device="cpu"):
         import cv2
         import torch
         import torch.nn.functional as F
 
-        self.fixed = [F.avg_pool2d(torch.as_tensor(m)[None, None], factor, ceil_mode=True) for m in fixed_maps]
+        self.fixed = [F.avg_pool2d(torch.as_tensor(m, device=device)[None, None], factor, ceil_mode=True) for m in fixed_maps]
         self.fixed_gradients = [sobel(m) for m in self.fixed]  # constant: computed once, not at every iteration
         height, width = self.fixed[0].shape[-2:]
         ys, xs = np.mgrid[0:height, 0:width].astype(float)
         index = np.c_[xs.ravel(), ys.ravel()] * factor + (factor - 1) / 2.0
         self.shape = (height, width)
-        self.points = torch.as_tensor(fixed_grid.to_physical(index), dtype=torch.float64)
+        self.points = torch.as_tensor(fixed_grid.to_physical(index), dtype=torch.float64, device=device)
         full_height, full_width = fixed_grid.shape_hw
-        self.weights_y = cubic_weights(ys[:, 0] * factor + (factor - 1) / 2.0, full_height, control_shape[0])
-        self.weights_x = cubic_weights(xs[0] * factor + (factor - 1) / 2.0, full_width, control_shape[1])
+        self.weights_y = cubic_weights(ys[:, 0] * factor + (factor - 1) / 2.0, full_height, control_shape[0]).to(device)
+        self.weights_x = cubic_weights(xs[0] * factor + (factor - 1) / 2.0, full_width, control_shape[1]).to(device)
         sigma = max(0.0, 0.5 * factor * fixed_grid.spacing.mean() / moving_grid.spacing.mean())
         # One (1, C, H, W) stack: a single sampling (and its backward) serves all moving maps.
-        self.moving = torch.as_tensor(np.stack([cv2.GaussianBlur(m, (0, 0), sigma) if sigma > 0.3 else m for m in moving_maps]))[None]
+        self.moving = torch.as_tensor(np.stack([cv2.GaussianBlur(m, (0, 0), sigma) if sigma > 0.3 else m for m in moving_maps]), device=device)[None]
         self.exposed = exposed
         self.collimated = exposed != (0, moving_grid.shape_hw[1] - 1, 0, moving_grid.shape_hw[0] - 1)
         to_index = np.linalg.inv(moving_grid.index_to_physical_matrix)
-        self.to_moving_index = torch.as_tensor(to_index, dtype=torch.float64)
-        self.moving_origin = torch.as_tensor(moving_grid.origin, dtype=torch.float64)
+        self.to_moving_index = torch.as_tensor(to_index, dtype=torch.float64, device=device)
+        self.moving_origin = torch.as_tensor(moving_grid.origin, dtype=torch.float64, device=device)
         self.moving_hw = moving_grid.shape_hw
         self.radius_mm = 0.0  # the mask maps' radius at this level, set by register_2d
 
@@ -300,6 +303,20 @@ def exposed_field(image: np.ndarray, margin_px: int = 3) -> np.ndarray:
     return field
 
 
+def registration_device(preference: str) -> str:
+    """The torch device for ``RegistrationOptions.device``: "cpu", "cuda[:N]" (an error when absent)
+    or "auto" (CUDA when present, else the CPU)."""
+    import torch
+
+    from .device import select_device
+
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if preference == "mps":
+        raise SamFusionError("the registration cannot run on Apple MPS (no float64): use cpu")
+    return select_device(preference)
+
+
 def _standardise(image: np.ndarray) -> np.ndarray:
     image = image.astype(np.float32)
     spread = float(image.std())
@@ -328,6 +345,7 @@ def register_2d(
         raise SamFusionError(f"unknown transform {options.transform!r}: use {', '.join(STAGES)}")
     if options.select_by not in ("either", "both"):
         raise SamFusionError(f"unknown select_by {options.select_by!r}: use either or both")
+    device = registration_device(options.device)
     final = STAGES.index(options.transform)
     use_masks = fixed_mask is not None
     fixed_i, moving_i = _standardise(fixed), _standardise(moving)
@@ -355,15 +373,15 @@ def register_2d(
     rows, columns = np.nonzero(field.any(1))[0], np.nonzero(field.any(0))[0]
     exposed = (int(columns[0]), int(columns[-1]), int(rows[0]), int(rows[-1]))
     field = None if field.all() else field
-    levels = {f: _Level(f, maps(f, "fixed"), maps(f, "moving"), fixed_grid, moving_grid, exposed, options.control_shape)
+    levels = {f: _Level(f, maps(f, "fixed"), maps(f, "moving"), fixed_grid, moving_grid, exposed, options.control_shape, device)
               for f in options.levels}
     for factor, level in levels.items():
         level.radius_mm = options.radius_px * factor * float(fixed_grid.spacing.mean())
-    offset = MaskOffset(options.mask_offset_px * float(fixed_grid.spacing.mean())) if use_masks and options.mask_offset_px > 0 else None
+    offset = MaskOffset(options.mask_offset_px * float(fixed_grid.spacing.mean()), device) if use_masks and options.mask_offset_px > 0 else None
     coarse = levels[options.levels[0]]
     candidates = []
     for angle in angles:
-        candidate = Transform2D(c_f, c_m - c_f, angle, log_scale, options.control_shape)
+        candidate = Transform2D(c_f, c_m - c_f, angle, log_scale, options.control_shape).to(device)
         with torch.no_grad():
             candidates.append((float(_loss(coarse, candidate, options, use_masks, False, offset=offset)), candidate))
     transform = min(candidates, key=lambda pair: pair[0])[1]

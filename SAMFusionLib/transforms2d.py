@@ -50,10 +50,14 @@ class Transform2D:
         }
 
     def copy(self) -> Transform2D:
-        """An independent copy (parameters cloned, detached)."""
+        """An independent copy (parameters cloned, detached), on the same device."""
+        return self.to(self.center.device)
+
+    def to(self, device) -> Transform2D:
+        """An independent copy (parameters cloned, detached) on torch ``device``."""
         twin = Transform2D.__new__(Transform2D)
-        twin.center = self.center.clone()
-        twin.params = {name: value.detach().clone() for name, value in self.params.items()}
+        twin.center = self.center.detach().to(device).clone()
+        twin.params = {name: value.detach().to(device).clone() for name, value in self.params.items()}
         return twin
 
     def free(self, stage: str) -> list:
@@ -72,7 +76,7 @@ class Transform2D:
         p = self.params
         cos, sin = torch.cos(p["theta"]), torch.sin(p["theta"])
         rotation = torch.stack([torch.cat([cos, -sin]), torch.cat([sin, cos])])
-        shape = torch.stack([torch.cat([torch.exp(p["s"] + p["a"]), p["h"]]), torch.cat([torch.zeros(1, dtype=torch.float64), torch.exp(p["s"] - p["a"])])])
+        shape = torch.stack([torch.cat([torch.exp(p["s"] + p["a"]), p["h"]]), torch.cat([torch.zeros_like(p["h"]), torch.exp(p["s"] - p["a"])])])
         return rotation @ shape
 
     def translation_mm(self):
@@ -122,17 +126,18 @@ class Transform2D:
         import SimpleITK as sitk
         import torch
 
+        model = self.to("cpu")  # SimpleITK and numpy read CPU tensors
         with torch.no_grad():
             affine = sitk.AffineTransform(2)
-            affine.SetMatrix(tuple(self.matrix().numpy().ravel()))
-            affine.SetCenter(tuple(self.center.numpy()))
-            affine.SetTranslation(tuple(self.translation_mm().numpy()))
+            affine.SetMatrix(tuple(model.matrix().numpy().ravel()))
+            affine.SetCenter(tuple(model.center.numpy()))
+            affine.SetTranslation(tuple(model.translation_mm().numpy()))
             if not nonrigid:
                 return affine
             height, width = fixed.shape_hw
             ys, xs = np.mgrid[0:height, 0:width]
             index = torch.as_tensor(np.c_[xs.ravel(), ys.ravel()], dtype=torch.float64)
-            field = self.displacement(fixed, index).numpy().reshape(height, width, 2)
+            field = model.displacement(fixed, index).numpy().reshape(height, width, 2)
         image = sitk.GetImageFromArray(field, isVector=True)
         fixed.apply_to(image)
         composite = sitk.CompositeTransform(2)
@@ -150,6 +155,6 @@ class Transform2D:
                 "log_scale": float(self.params["s"].item()),
                 "anisotropy": float(self.params["a"].item()),
                 "shear": float(self.params["h"].item()),
-                "translation_mm": [float(v) for v in self.translation_mm().numpy()],
+                "translation_mm": [float(v) for v in self.translation_mm().cpu().numpy()],
                 "max_displacement_mm": float((self.params["d"] * TRANSLATION_UNIT_MM).abs().max().item()),
             }

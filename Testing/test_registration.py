@@ -311,3 +311,31 @@ def test_unknown_model_selection_is_a_clear_error():
     with pytest.raises(SamFusionError, match="unknown select_by 'best'"):
         register_2d(fixed.astype(np.float32), grid, moving.astype(np.float32), grid, fixed, moving, RegistrationOptions(select_by="best"))
     assert RegistrationOptions().select_by == "either"
+
+
+def test_registration_device_choice_and_a_clear_error_for_an_absent_gpu():
+    from SAMFusionLib.registration import registration_device
+
+    assert registration_device("cpu") == "cpu"
+    assert registration_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(SamFusionError, match="MPS"):
+        registration_device("mps")
+    if not torch.cuda.is_available():
+        fixed, moving, _ = _shape_pair(5.0, (3.0, 3.0))
+        grid = Grid2D.isotropic(fixed.shape, 1.0)
+        with pytest.raises(SamFusionError, match="no CUDA GPU"):
+            register_2d(fixed.astype(np.float32), grid, moving.astype(np.float32), grid, fixed, moving, RegistrationOptions(device="cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_gpu_registration_matches_the_cpu_one():
+    fixed, moving, truth = _shape_pair(25.0, (30.0, -20.0))
+    grid = Grid2D.isotropic(fixed.shape, 1.0)
+    points = np.array([[100, 80], [140, 120], [120, 100], [80, 100], [160, 95]], float)
+    mapped = []
+    for device in ("cpu", "cuda"):
+        result = register_2d(fixed.astype(np.float32), grid, moving.astype(np.float32), grid, fixed, moving,
+                             RegistrationOptions(transform="affine", device=device))
+        assert result.passed, result.reason
+        mapped.append(np.array([result.sitk_transform.TransformPoint(tuple(p)) for p in points]))
+    assert np.abs(mapped[0] - mapped[1]).max() < 0.1  # px; float32 sums differ in order between devices
