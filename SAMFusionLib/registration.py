@@ -9,7 +9,8 @@ points to moving points (ITK's resampling convention). Steps:
    displacement on a control grid (cubic, bending penalty) coarse to fine again. Below the
    coarsest linear stages the moving mask's contour may also shift uniformly (``MaskOffset``):
    SAM's masks in two modalities differ by such an erosion or dilation, not a transform;
-3. keep the non-rigid result only if it fits the masks clearly better than the affine one (a
+3. keep the non-rigid result only if the data support it over the affine one: the masks fit
+   clearly better, or (and, with ``select_by="both"``) the images' gradient correlation rises (a
    non-rigid field can fit noise and the masks' imperfections as well as anatomy);
 4. check quality: mask Dice after warping, Match_Loss before (identity) and after, a sane
    scale and a fold-free non-rigid field. A failed check is reported as a failure, never hidden.
@@ -415,8 +416,7 @@ def register_2d(
             linear_mismatch = mask_mismatch(fixed_mask, fixed_grid, moving_mask, moving_grid, linear_sitk, radius, options.mask_offset_px)
             masks_support = linear_mismatch > options.selection_gain * mismatch
             supported = (masks_support and images_support) if options.select_by == "both" else (masks_support or images_support)
-        keep_linear = not supported
-        if keep_linear:
+        if not supported:
             transform, sitk_transform, correlation, chosen = linear_result, linear_sitk, linear_correlation, "affine"
     passed, reason, quality = quality_check(fixed_mask, fixed_grid, moving_mask, moving_grid, sitk_transform, transform, options)
     quality["gradient_correlation"] = round(correlation, 4)
