@@ -155,7 +155,7 @@ class _Level:
     """
 
     def __init__(self, factor: int, fixed_maps, moving_maps, fixed_grid: Grid2D, moving_grid: Grid2D,
-                 exposed: tuple[int, int, int, int], control_shape: tuple[int, int] = (10, 10), device="cpu"):
+                 exposed: tuple[int, int, int, int], radius_mm: float, control_shape: tuple[int, int] = (10, 10), device="cpu"):
         import cv2
         import torch
         import torch.nn.functional as F
@@ -179,11 +179,18 @@ class _Level:
         self.to_moving_index = torch.as_tensor(to_index, dtype=torch.float64, device=device)
         self.moving_origin = torch.as_tensor(moving_grid.origin, dtype=torch.float64, device=device)
         self.moving_hw = moving_grid.shape_hw
-        self.radius_mm = 0.0  # the mask maps' radius at this level, set by register_2d
+        self.radius_mm = radius_mm  # the mask maps' clipping radius at this level
 
     def warp(self, transform: Transform2D, nonrigid: bool) -> tuple[list, object]:
         """The moving maps sampled at the level's fixed points, each (1, 1, H, W), and the exposure
-        weight (1, 1, H, W) of those samples."""
+        weight (1, 1, H, W) of those samples for the intensity term, or None where it counts all.
+
+        The non-rigid field counts only pixels the moving image shows: outside, the border-padded
+        samples are streaks whose gradients the field would chase (it wandered up to 18 mm on an
+        affine case). The linear stages keep them, unless a collimator frames the image (its edge
+        would pull): their few parameters cannot chase streaks, and weighting there made 3 of 16
+        phantom pipelines worse: 1.1, 1.1, 3.3 -> 3.5, 6.3, 8.8 mm.
+        """
         import torch
         import torch.nn.functional as F
 
@@ -194,6 +201,8 @@ class _Level:
         x, y = index[:, 0], index[:, 1]
         sample = torch.stack([2 * x / (width - 1) - 1, 2 * y / (height - 1) - 1], -1).reshape(1, *self.shape, 2)
         stack = F.grid_sample(self.moving, sample, mode="bilinear", padding_mode="border", align_corners=True)
+        if not (nonrigid or self.collimated):
+            return list(stack.split(1, dim=1)), None
         x0, x1, y0, y1 = self.exposed
         weight = ((x - x0 + 1).clamp(0, 1) * (x1 + 1 - x).clamp(0, 1) * (y - y0 + 1).clamp(0, 1) * (y1 + 1 - y).clamp(0, 1))
         return list(stack.split(1, dim=1)), weight.reshape(1, 1, *self.shape)
@@ -211,13 +220,7 @@ def _loss(level: _Level, transform: Transform2D, options: RegistrationOptions, u
         total = total + weight * match_loss(level.fixed[0], moved, options.match_mode, grad_a=level.fixed_gradients[0])
     if options.intensity_weight > 0 or not use_masks:
         weight = options.intensity_weight if use_masks else 1.0
-        # The non-rigid field counts only pixels the moving image shows: outside, the border-padded
-        # samples are streaks whose gradients the field would chase (it wandered up to 18 mm on an
-        # affine case). The linear stages keep them, unless a collimator frames the image (its edge
-        # would pull): their few parameters cannot chase streaks, and weighting there made 3 of 16
-        # phantom pipelines worse: 1.1, 1.1, 3.3 -> 3.5, 6.3, 8.8 mm.
-        total = total + weight * ngf_loss(level.fixed[-1], warped[-1], epsilon=options.ngf_epsilon, grad_a=level.fixed_gradients[-1],
-                                          weight=exposure if nonrigid or level.collimated else None)
+        total = total + weight * ngf_loss(level.fixed[-1], warped[-1], epsilon=options.ngf_epsilon, grad_a=level.fixed_gradients[-1], weight=exposure)
     if nonrigid:
         total = total + options.bending_weight * transform.bending_energy()
     return total
@@ -367,21 +370,22 @@ def register_2d(
         c_m = moving_grid.to_physical(np.array([(moving.shape[1] - 1) / 2, (moving.shape[0] - 1) / 2]))[0]
         log_scale, angles = 0.0, [0.0]
 
+    def radius_mm(factor: int) -> float:
+        """The mask maps' clipping radius at pixel ``factor``."""
+        return options.radius_px * factor * float(fixed_grid.spacing.mean())
+
     def maps(factor: int, which: str):
         grid, mask, image = (fixed_grid, fixed_mask, fixed_i) if which == "fixed" else (moving_grid, moving_mask, moving_i)
-        radius = options.radius_px * factor * float(fixed_grid.spacing.mean())
         # The moving mask's map stays unclipped when its contour may be offset (clipped in _loss).
         clip = which == "fixed" or options.mask_offset_px == 0
-        return ([soft_mask(mask, float(grid.spacing.mean()), radius, clip)] if use_masks else []) + [image]
+        return ([soft_mask(mask, float(grid.spacing.mean()), radius_mm(factor), clip)] if use_masks else []) + [image]
 
     field = exposed_field(moving)
     rows, columns = np.nonzero(field.any(1))[0], np.nonzero(field.any(0))[0]
     exposed = (int(columns[0]), int(columns[-1]), int(rows[0]), int(rows[-1]))
     field = None if field.all() else field
-    levels = {f: _Level(f, maps(f, "fixed"), maps(f, "moving"), fixed_grid, moving_grid, exposed, options.control_shape, device)
+    levels = {f: _Level(f, maps(f, "fixed"), maps(f, "moving"), fixed_grid, moving_grid, exposed, radius_mm(f), options.control_shape, device)
               for f in options.levels}
-    for factor, level in levels.items():
-        level.radius_mm = options.radius_px * factor * float(fixed_grid.spacing.mean())
     offset = MaskOffset(options.mask_offset_px * float(fixed_grid.spacing.mean()), device) if use_masks and options.mask_offset_px > 0 else None
     coarse = levels[options.levels[0]]
     candidates = []
@@ -411,9 +415,8 @@ def register_2d(
         images_support = correlation > linear_correlation + options.correlation_gain
         supported = images_support
         if use_masks:
-            radius = options.radius_px * float(fixed_grid.spacing.mean())
-            mismatch = mask_mismatch(fixed_mask, fixed_grid, moving_mask, moving_grid, sitk_transform, radius, options.mask_offset_px)
-            linear_mismatch = mask_mismatch(fixed_mask, fixed_grid, moving_mask, moving_grid, linear_sitk, radius, options.mask_offset_px)
+            mismatch = mask_mismatch(fixed_mask, fixed_grid, moving_mask, moving_grid, sitk_transform, radius_mm(1), options.mask_offset_px)
+            linear_mismatch = mask_mismatch(fixed_mask, fixed_grid, moving_mask, moving_grid, linear_sitk, radius_mm(1), options.mask_offset_px)
             masks_support = linear_mismatch > options.selection_gain * mismatch
             supported = (masks_support and images_support) if options.select_by == "both" else (masks_support or images_support)
         if not supported:
@@ -468,7 +471,7 @@ def mask_mismatch(fixed_mask, fixed_grid: Grid2D, moving_mask, moving_grid: Grid
     fixed_soft = torch.as_tensor(soft_mask(fixed_mask, spacing, radius_mm))[None, None]
     moved = resample_onto(soft_mask(moving_mask, float(moving_grid.spacing.mean()), radius_mm, clip=False), moving_grid, fixed_grid, sitk_transform)
     moved = torch.as_tensor(moved)[None, None]
-    offsets = np.linspace(-max_offset_px, max_offset_px, 9) * spacing / radius_mm
+    offsets = np.linspace(-max_offset_px, max_offset_px, 9 if max_offset_px > 0 else 1) * spacing / radius_mm
     return min(float(match_loss(fixed_soft, (moved + o).clamp(-1, 1))) for o in offsets)
 
 
