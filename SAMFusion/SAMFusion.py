@@ -1,7 +1,7 @@
 """SAMFusion Slicer module: Module, Widget, Logic and Test.
 
 The engine is ``SAMFusionLib`` (Qt-free, tested headless on a real MRML scene). The Logic is thin
-over ``SAMFusionLib.scene_run.run_on_scene``, the same call ``samfusion run`` makes; the Widget
+over ``SAMFusionLib.scene.run.run_on_scene``, the same call ``samfusion run`` makes; the Widget
 only binds the panel to a typed parameter node and turns Apply into Cancel while running.
 """
 
@@ -59,8 +59,8 @@ def registerSampleData():
     """The default case (CT phantom + X-ray) in Sample Data, with SHA256 checksums."""
     import SampleData
 
-    from SAMFusionLib.models import resources_dir
-    from SAMFusionLib.sample_data import sample_table
+    from SAMFusionLib.cases.sample_data import sample_table
+    from SAMFusionLib.sam.models import resources_dir
 
     table = sample_table()
     files = table["files"]
@@ -257,7 +257,7 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         return SAMFusionParameterNode(super().getParameterNode())
 
     def modelIds(self):
-        from SAMFusionLib.models import load_table
+        from SAMFusionLib.sam.models import load_table
 
         table = load_table()
         return [table.default] + [m for m in table.models if m != table.default]
@@ -289,8 +289,8 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         return True
 
     def segmenter(self, model, device):
-        from SAMFusionLib.models import load_model
-        from SAMFusionLib.segmenter import Segmenter
+        from SAMFusionLib.sam.models import load_model
+        from SAMFusionLib.sam.segmenter import Segmenter
 
         key = (model, device)
         if key not in self._segmenters:
@@ -304,8 +304,8 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         volume. On error or cancel the scene is left as it was (``SceneTransaction``).
         """
         from SAMFusionLib.pipeline import PipelineOptions
-        from SAMFusionLib.registration import RegistrationOptions
-        from SAMFusionLib.scene_run import SceneInputs, SceneOutputs, run_on_scene
+        from SAMFusionLib.registration.register import RegistrationOptions
+        from SAMFusionLib.scene.run import SceneInputs, SceneOutputs, run_on_scene
 
         p = parameterNode
         reuse = SceneOutputs(p.outCtSegmentation, p.outXraySegmentation, p.outProjection, p.outTransform, p.outGridTransform, p.outFused)
@@ -323,8 +323,8 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         return result.report
 
     def exportSegmentation(self, segmentationNode, folder):
-        """Every format that fits the segmentation's reference image (``SAMFusionLib.export``)."""
-        from SAMFusionLib.export import FORMATS, export_segmentation
+        """Every format that fits the segmentation's reference image (``SAMFusionLib.annotation.export``)."""
+        from SAMFusionLib.annotation.export import FORMATS, export_segmentation
 
         reference = segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
         if reference is None:
@@ -334,12 +334,12 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         return export_segmentation(segmentationNode, reference, folder, formats)
 
     def downloadWeights(self, model):
-        from SAMFusionLib.models import load_model
+        from SAMFusionLib.sam.models import load_model
 
         return load_model(model, device="cpu").model_id
 
     def importWeights(self, model, fileName):
-        from SAMFusionLib.models import import_weights
+        from SAMFusionLib.sam.models import import_weights
 
         return str(import_weights(model, fileName))
 
@@ -359,8 +359,8 @@ class SAMFusionTest(ScriptedLoadableModuleTest):
         self.test_bad_input_leaves_the_scene_as_it_was()
 
     def _case(self):
-        from SAMFusionLib.demo_case import make_demo_case
-        from SAMFusionLib.scene_run import add_case_nodes
+        from SAMFusionLib.cases.demo_case import make_demo_case
+        from SAMFusionLib.scene.run import add_case_nodes
 
         case = make_demo_case()
         nodes = add_case_nodes(slicer.mrmlScene, case.inputs, "CT", "X-ray", "kidney")
@@ -374,7 +374,7 @@ class SAMFusionTest(ScriptedLoadableModuleTest):
     def test_end_to_end(self):
         import numpy as np
 
-        from SAMFusionLib import mrml
+        from SAMFusionLib.scene import mrml
 
         case, nodes, parameterNode = self._case()
         report = SAMFusionLogic().process(parameterNode)
@@ -400,8 +400,8 @@ class SAMFusionTest(ScriptedLoadableModuleTest):
         self.assertLess(error, 5.0)
 
     def test_bad_input_leaves_the_scene_as_it_was(self):
-        from SAMFusionLib import mrml
         from SAMFusionLib.errors import SamFusionError
+        from SAMFusionLib.scene import mrml
 
         _, _, parameterNode = self._case()
         parameterNode.ctPoints, parameterNode.ctRoi = None, None

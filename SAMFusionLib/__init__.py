@@ -1,7 +1,18 @@
 """SAMFusionLib: the SAMFusion engine (segmentation, registration, fusion) in plain Python.
 
-Nothing here imports Qt or Slicer, except the MRML adapter module. Heavy packages (torch,
+Sub-packages, imported one way only (each may import those on the lines below it, never above):
+
+- ``cli``: the ``samfusion`` command line;
+- ``annotation``, ``training``, ``bench``: batch annotation and evaluation, fine-tuning, benchmarks;
+- ``scene``, ``cases``: the Slicer (MRML) adapter and scene runner; the cases we make or read;
+- ``pipeline`` (a module): the whole job, prompt -> mask -> projection -> transform -> fused volume;
+- ``sam``, ``registration``, ``fusion``: the three engines;
+- ``imaging``: geometry, grids, files, intensity windows, mask metrics;
+- ``errors``, ``device`` (modules): the error types and the torch device choice, used everywhere.
+
+Nothing here imports Qt, and only ``scene.mrml`` imports ``slicer``. Heavy packages (torch,
 segment_anything, cv2) are imported inside functions so that importing the package is cheap.
+``Testing/test_layout.py`` enforces these rules.
 """
 
 __version__ = "0.1.0"

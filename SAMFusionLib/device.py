@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import SamFusionError
+from SAMFusionLib.errors import SamFusionError
 
 
 def select_device(preference: str = "auto") -> str:

@@ -28,19 +28,19 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .errors import Cancelled, SamFusionError
-from .fusion import FusionOptions, fuse
-from .geometry import ImageGeometry
-from .grid2d import resample_onto
-from .intensity import resolve_range, to_sam_rgb
-from .plane import Plane, linear_from_fixed_ras
-from .prompt_shapes import prompt_box_masks, to_fixed_plane
-from .radiograph import Radiograph, perspective_for, project_ct, project_ct_perspective, resample, view_geometry
-from .registration import RegistrationOptions, RegistrationResult, register_2d
-from .segmenter import Segmenter
-from .transforms2d import STAGES
-from .volume import VolumePrompts, segment_volume
-from .zoom import predict_zoomed
+from SAMFusionLib.errors import Cancelled, SamFusionError
+from SAMFusionLib.fusion.pyramid import FusionOptions, fuse
+from SAMFusionLib.imaging.geometry import ImageGeometry
+from SAMFusionLib.imaging.grid2d import resample_onto
+from SAMFusionLib.imaging.intensity import resolve_range, to_sam_rgb
+from SAMFusionLib.imaging.plane import Plane, linear_from_fixed_ras
+from SAMFusionLib.registration.prompt_shapes import prompt_box_masks, to_fixed_plane
+from SAMFusionLib.registration.radiograph import Radiograph, perspective_for, project_ct, project_ct_perspective, resample, view_geometry
+from SAMFusionLib.registration.register import RegistrationOptions, RegistrationResult, register_2d
+from SAMFusionLib.registration.transforms2d import STAGES
+from SAMFusionLib.sam.segmenter import Segmenter
+from SAMFusionLib.sam.volume import VolumePrompts, segment_volume
+from SAMFusionLib.sam.zoom import predict_zoomed
 
 STEPS = ("segment CT", "segment X-ray", "project", "register", "resample", "fuse")
 

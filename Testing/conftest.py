@@ -19,7 +19,7 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data``; missing data fails under CI=true (never a silent skip) and skips elsewhere."""
-    from SAMFusionLib.shared_data import shared_data_dir
+    from SAMFusionLib.cases.shared_data import shared_data_dir
 
     root = shared_data_dir()
     if not (root / "abdomen_ct").is_dir():
@@ -35,7 +35,7 @@ def tiny_model():
     """A randomly initialised small SAM (the demo architecture), seeded."""
     import torch
 
-    from SAMFusionLib.models import build_sam, from_module, load_table
+    from SAMFusionLib.sam.models import build_sam, from_module, load_table
 
     torch.manual_seed(0)
     return from_module(build_sam(load_table().architectures["samfusion_tiny"]), "tiny-random", "samfusion_tiny")
@@ -44,7 +44,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def demo_model():
     """The embedded demo model, loaded through the model table exactly as users get it."""
-    from SAMFusionLib.models import load_model
+    from SAMFusionLib.sam.models import load_model
 
     return load_model(device="cpu")
 

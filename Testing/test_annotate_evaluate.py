@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from SAMFusionLib.cli import main
-from SAMFusionLib.detection import ImageCounts, bootstrap_interval, detection_figures, match_image
+from SAMFusionLib.annotation.detection import ImageCounts, bootstrap_interval, detection_figures, match_image
+from SAMFusionLib.cli.main import main
 
 # --- detection metrics on hand-built cases -----------------------------------------------------------
 
@@ -138,7 +138,7 @@ def test_annotate_reports_bad_files_and_finishes_the_rest(tmp_path, capsys, demo
 
 
 def test_annotate_volume_writes_a_slicer_segmentation(tmp_path, demo_model):
-    from SAMFusionLib import mrml
+    from SAMFusionLib.scene import mrml
 
     from .test_pipeline import write_case_files
 
@@ -153,7 +153,7 @@ def test_annotate_volume_writes_a_slicer_segmentation(tmp_path, demo_model):
     storage.SetFileName(str(out / "CT.seg.nrrd"))
     assert storage.ReadData(segmentation)
     mask = mrml.segment_array(segmentation, "CT_ROI", volume)
-    from SAMFusionLib.metrics import dice
+    from SAMFusionLib.imaging.metrics import dice
 
     assert dice(mask, case.ct_target_mask) > 0.75  # measured 0.80
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from SAMFusionLib.bench_fusion import benchmark_pairs, format_table, run_benchmark
+from SAMFusionLib.bench.fusion import benchmark_pairs, format_table, run_benchmark
 
 
 def test_benchmark_pairs_are_coregistered_byte_images(shared_data):

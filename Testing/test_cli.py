@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from SAMFusionLib.cli import main
+from SAMFusionLib.cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_embedded_model_with_wrong_sha256(capsys, png, checkpoint, tmp_path, mon
     resources = tmp_path / "resources"
     (resources / "models").mkdir(parents=True)
     shutil.copyfile(checkpoint, resources / "models" / "samfusion_demo.pth")
-    from SAMFusionLib.models import resources_dir
+    from SAMFusionLib.sam.models import resources_dir
 
     table = json.loads((resources_dir() / "models.json").read_text())
     next(m for m in table["models"] if m["id"] == "samfusion-demo")["sha256"] = "f" * 64

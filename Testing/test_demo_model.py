@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SAMFusionLib.intensity import resolve_range, to_sam_rgb
-from SAMFusionLib.metrics import dice
-from SAMFusionLib.models import load_table, resources_dir
-from SAMFusionLib.phantom import ct_volume
-from SAMFusionLib.segmenter import Segmenter
-from SAMFusionLib.weights import sha256_file
-from SAMFusionLib.zoom import predict_zoomed
+from SAMFusionLib.cases.phantom import ct_volume
+from SAMFusionLib.imaging.intensity import resolve_range, to_sam_rgb
+from SAMFusionLib.imaging.metrics import dice
+from SAMFusionLib.sam.models import load_table, resources_dir
+from SAMFusionLib.sam.segmenter import Segmenter
+from SAMFusionLib.sam.weights import sha256_file
+from SAMFusionLib.sam.zoom import predict_zoomed
 
 FRESH_SEEDS = (9001, 9002, 9003)  # training draws phantoms from seeds (0, step): these were never seen
 

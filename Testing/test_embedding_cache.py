@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from SAMFusionLib.embedding_cache import Embedding, EmbeddingCache, image_key
-from SAMFusionLib.segmenter import Segmenter
+from SAMFusionLib.sam.embedding_cache import Embedding, EmbeddingCache, image_key
+from SAMFusionLib.sam.segmenter import Segmenter
 
 
 def _embedding(value: float, size: int = 16) -> Embedding:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from segment_anything import SamPredictor
 
-from SAMFusionLib.embedding_cache import EmbeddingCache
-from SAMFusionLib.segmenter import Segmenter
+from SAMFusionLib.sam.embedding_cache import EmbeddingCache
+from SAMFusionLib.sam.segmenter import Segmenter
 
 TOLERANCE = 1e-4
 

@@ -9,21 +9,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SAMFusionLib.cli import main
+from SAMFusionLib.cli.main import main
 from SAMFusionLib.errors import SamFusionError
-from SAMFusionLib.fusion import FusionOptions, fuse, fuse_arrays, laplacian_pyramid, reconstruct
-from SAMFusionLib.metrics import (
-    dice,
-    entropy_bits,
-    iou,
-    mutual_information_bits,
-    precision_recall_f1,
-    qabf,
-    spatial_frequency,
-    ssim,
-    standard_deviation,
-    tre_mm,
-)
+from SAMFusionLib.fusion.metrics import entropy_bits, mutual_information_bits, qabf, spatial_frequency, ssim, standard_deviation
+from SAMFusionLib.fusion.pyramid import FusionOptions, fuse, fuse_arrays, laplacian_pyramid, reconstruct
+from SAMFusionLib.imaging.metrics import dice, iou, precision_recall_f1, tre_mm
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 
 from SAMFusionLib.errors import SamFusionError
-from SAMFusionLib.geometry import ImageGeometry, SliceAxes, check_pixel_inside, normalize_box, roi_corners_ras
-from SAMFusionLib.io import read_volume
+from SAMFusionLib.imaging.geometry import ImageGeometry, SliceAxes, check_pixel_inside, normalize_box, roi_corners_ras
+from SAMFusionLib.imaging.io import read_volume
 
 
 def rotation(axis, degrees) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from SAMFusionLib.errors import SamFusionError
-from SAMFusionLib.intensity import IntensityRange, resolve_range, to_sam_rgb, to_uint8
+from SAMFusionLib.imaging.intensity import IntensityRange, resolve_range, to_sam_rgb, to_uint8
 
 
 def test_ct_presets_map_hu_linearly():

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from SAMFusionLib.errors import SamFusionError
-from SAMFusionLib.models import build_sam, load_model, load_table, resources_dir
-from SAMFusionLib.weights import download_file, ensure_cached, sha256_file, weights_dir
+from SAMFusionLib.sam.models import build_sam, load_model, load_table, resources_dir
+from SAMFusionLib.sam.weights import download_file, ensure_cached, sha256_file, weights_dir
 
 
 def test_table_has_official_models_with_checksums():
@@ -116,7 +116,7 @@ def test_import_verifies_and_pins(tiny_checkpoint, tmp_path, monkeypatch):
                             "filename": "unpinned.pth", "sha256": None})
     (table_dir / "models.json").write_text(json.dumps(table))
     monkeypatch.setenv("SAMFUSION_RESOURCES", str(table_dir))
-    from SAMFusionLib.models import import_weights
+    from SAMFusionLib.sam.models import import_weights
 
     import_weights("mine", tiny_checkpoint)
     assert load_model("mine", device="cpu").architecture == "samfusion_tiny"

@@ -8,11 +8,11 @@ import pytest
 import SimpleITK as sitk
 import vtk
 
-from SAMFusionLib import mrml
 from SAMFusionLib.errors import SamFusionError
-from SAMFusionLib.geometry import ImageGeometry
+from SAMFusionLib.imaging.geometry import ImageGeometry
+from SAMFusionLib.imaging.plane import Plane
 from SAMFusionLib.pipeline import transform_in_ras
-from SAMFusionLib.plane import Plane
+from SAMFusionLib.scene import mrml
 
 from .test_geometry import DIRECTIONS
 
@@ -162,7 +162,7 @@ def test_saved_scene_reloads_with_every_node(core, tmp_path):
 def test_export_writes_every_format_of_a_2d_segmentation(core, tmp_path):
     from pycocotools.coco import COCO
 
-    from SAMFusionLib.export import export_segmentation
+    from SAMFusionLib.annotation.export import export_segmentation
 
     plane = Plane((40, 50), np.array([0.5, 0.5]), np.zeros(3), np.array([-1.0, 0, 0]), np.array([0, -1.0, 0]))
     image = mrml.add_image_2d(core.scene, np.zeros((40, 50), np.float32), plane, "xray")
@@ -186,7 +186,7 @@ def test_export_writes_every_format_of_a_2d_segmentation(core, tmp_path):
 
 
 def test_export_refuses_png_for_a_volume_and_writes_nothing(core, tmp_path):
-    from SAMFusionLib.export import export_segmentation
+    from SAMFusionLib.annotation.export import export_segmentation
 
     geometry = oblique_geometry()
     volume = mrml.add_volume(core.scene, np.zeros(geometry.shape_kji, np.float32), geometry, "ct")

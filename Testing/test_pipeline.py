@@ -9,16 +9,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from SAMFusionLib import mrml
-from SAMFusionLib.cli import main
-from SAMFusionLib.demo_case import case_from_ct, make_demo_case, tre_mm
+from SAMFusionLib.cases.demo_case import case_from_ct, make_demo_case, tre_mm
+from SAMFusionLib.cli.main import main
 from SAMFusionLib.errors import SamFusionError
-from SAMFusionLib.geometry import ImageGeometry
-from SAMFusionLib.metrics import dice
+from SAMFusionLib.imaging.geometry import ImageGeometry
+from SAMFusionLib.imaging.metrics import dice
 from SAMFusionLib.pipeline import PipelineCancelled, run_pipeline
-from SAMFusionLib.radiograph import resample
-from SAMFusionLib.scene_run import add_case_nodes, run_on_scene
-from SAMFusionLib.segmenter import Segmenter
+from SAMFusionLib.registration.radiograph import resample
+from SAMFusionLib.sam.segmenter import Segmenter
+from SAMFusionLib.scene import mrml
+from SAMFusionLib.scene.run import add_case_nodes, run_on_scene
 
 from .test_geometry import rotation
 
@@ -42,7 +42,7 @@ def node_mapping_error_mm(outputs, result, case) -> float:
 
 @pytest.fixture(scope="module")
 def abdomen_run(shared_data, demo_model):
-    from SAMFusionLib.shared_data import abdomen_ct
+    from SAMFusionLib.cases.shared_data import abdomen_ct
 
     hu, geometry, _, masks = abdomen_ct()
     case = case_from_ct(hu, geometry, masks["kidney_left"], np.random.default_rng(0), nonrigid=False)
@@ -111,7 +111,7 @@ def test_without_the_fallback_the_masks_failure_stays_a_failure(abdomen_run, dem
 def test_a_fallback_that_fails_its_own_check_is_not_used(default_case, default_run):
     """Prompt boxes on different targets (the X-ray box moved 60 px off the kidney, its point left
     on it): the boxes get aligned, the point check then fails, and the first result stands."""
-    from SAMFusionLib.intensity import resolve_range, to_sam_rgb
+    from SAMFusionLib.imaging.intensity import resolve_range, to_sam_rgb
     from SAMFusionLib.pipeline import PipelineInputs, PipelineOptions, XrayPrompts, _register_on_prompt_boxes
 
     inputs, first = default_case.inputs, default_run[3]
@@ -128,10 +128,10 @@ def test_a_fallback_that_fails_its_own_check_is_not_used(default_case, default_r
 def test_abdomen_ct_with_ground_truth_masks_registers_within_1_mm(shared_data):
     """The registration half of the 1 mm requirement, on the same case: this 3 mm CT's projection
     against the 2.4 mm X-ray, given the true kidney masks (measured 0.50 mm; 4 seeds: 0.30-0.73 mm)."""
-    from SAMFusionLib.intensity import resolve_range, to_sam_rgb
-    from SAMFusionLib.radiograph import project_ct
-    from SAMFusionLib.registration import register_2d
-    from SAMFusionLib.shared_data import abdomen_ct
+    from SAMFusionLib.cases.shared_data import abdomen_ct
+    from SAMFusionLib.imaging.intensity import resolve_range, to_sam_rgb
+    from SAMFusionLib.registration.radiograph import project_ct
+    from SAMFusionLib.registration.register import register_2d
 
     hu, geometry, _, masks = abdomen_ct()
     case = case_from_ct(hu, geometry, masks["kidney_left"], np.random.default_rng(0), nonrigid=False)
@@ -166,7 +166,7 @@ def test_default_case_segments_and_registers(default_case, default_run):
 
 def test_a_non_rigid_result_becomes_a_grid_node_under_the_linear_one(default_case, demo_model):
     from SAMFusionLib.pipeline import PipelineOptions
-    from SAMFusionLib.registration import RegistrationOptions
+    from SAMFusionLib.registration.register import RegistrationOptions
 
     options = PipelineOptions(registration=RegistrationOptions(select_model=False))
     core, _, outputs, result = run_case(default_case, demo_model, options=options)  # core keeps the scene alive
@@ -377,8 +377,8 @@ def test_run_with_a_missing_prompt_file_writes_nothing(tmp_path, capsys):
 
 def test_sample_data_files_match_their_pinned_sha256(tmp_path):
     """The files the Slicer module registers as sample data are the default case, bit for bit."""
-    from SAMFusionLib.sample_data import sample_table, write_sample_files
-    from SAMFusionLib.weights import sha256_file
+    from SAMFusionLib.cases.sample_data import sample_table, write_sample_files
+    from SAMFusionLib.sam.weights import sha256_file
 
     written = write_sample_files(tmp_path)
     for entry in sample_table()["files"]:
@@ -386,7 +386,7 @@ def test_sample_data_files_match_their_pinned_sha256(tmp_path):
 
 
 def test_perspective_projection_puts_a_ball_where_the_ray_through_it_meets_the_detector():
-    from SAMFusionLib.radiograph import perspective_for, project_ct_perspective
+    from SAMFusionLib.registration.radiograph import perspective_for, project_ct_perspective
 
     spacing = (1.0, 1.2, 2.0)
     geometry = ImageGeometry.from_lps(spacing, (-30.0, -40.0, -20.0), np.eye(3), (40, 60, 70))
@@ -440,7 +440,7 @@ def test_run_on_a_2d_ct_image_the_papers_case(tmp_path):
     a rigid result (scale 1), and the CT's kidney point maps onto the X-ray's."""
     import SimpleITK as sitk
 
-    from SAMFusionLib.phantom import ct_volume
+    from SAMFusionLib.cases.phantom import ct_volume
 
     phantom = ct_volume(np.random.default_rng(3), (24, 128, 128), stone_count=2, kidney_hu=300.0)
     ct = sitk.GetImageFromArray(phantom.hu_kji[12].astype(np.float32))
@@ -473,8 +473,8 @@ def test_phantom_pairs_carry_a_consistent_known_transform():
     projection's target; some pairs carry a collimation edge."""
     import cv2
 
-    from SAMFusionLib.demo_case import phantom_pair
-    from SAMFusionLib.radiograph import project_ct
+    from SAMFusionLib.cases.demo_case import phantom_pair
+    from SAMFusionLib.registration.radiograph import project_ct
 
     seen_collimated = False
     for seed in (100, 101, 104):

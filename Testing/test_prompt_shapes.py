@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from SAMFusionLib.geometry import ImageGeometry
-from SAMFusionLib.plane import Plane
-from SAMFusionLib.prompt_shapes import inscribed_ellipse, prompt_box_masks, to_fixed_plane
-from SAMFusionLib.radiograph import Radiograph
+from SAMFusionLib.imaging.geometry import ImageGeometry
+from SAMFusionLib.imaging.plane import Plane
+from SAMFusionLib.registration.prompt_shapes import inscribed_ellipse, prompt_box_masks, to_fixed_plane
+from SAMFusionLib.registration.radiograph import Radiograph
 
 
 def test_inscribed_ellipse_touches_the_box_and_stays_inside():

@@ -11,14 +11,14 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from SAMFusionLib.cli import main
+from SAMFusionLib.cli.main import main
 from SAMFusionLib.errors import SamFusionError
-from SAMFusionLib.geometry import ImageGeometry
-from SAMFusionLib.grid2d import Grid2D
-from SAMFusionLib.match_loss import match_loss, ngf_loss, soft_mask
-from SAMFusionLib.projection import line_integral, project_mask
-from SAMFusionLib.registration import RegistrationOptions, register_2d
-from SAMFusionLib.transforms2d import Transform2D
+from SAMFusionLib.imaging.geometry import ImageGeometry
+from SAMFusionLib.imaging.grid2d import Grid2D
+from SAMFusionLib.registration.match_loss import match_loss, ngf_loss, soft_mask
+from SAMFusionLib.registration.projection import line_integral, project_mask
+from SAMFusionLib.registration.register import RegistrationOptions, register_2d
+from SAMFusionLib.registration.transforms2d import Transform2D
 
 
 def numpy_sobel(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +54,7 @@ def test_match_loss_gradient_check():
 
 
 def test_ngf_ignores_contrast_and_polarity():
-    from SAMFusionLib.registration import _standardise
+    from SAMFusionLib.registration.register import _standardise
 
     rng = np.random.default_rng(2)
     image = cv2.GaussianBlur(rng.random((32, 32)), (0, 0), 2)
@@ -223,7 +223,7 @@ def test_register_command_bad_input_writes_nothing(tmp_path, capsys):
 
 def test_lattice_displacement_equals_the_bicubic_sampling():
     """The registration's separable shortcut gives exactly the displacement the transform file holds."""
-    from SAMFusionLib.transforms2d import cubic_weights
+    from SAMFusionLib.registration.transforms2d import cubic_weights
 
     grid = Grid2D.isotropic((37, 53), 1.3)
     model = Transform2D(np.array([10.0, 20.0]), np.zeros(2), 0.1, 0.0, control_shape=(7, 9))
@@ -237,7 +237,7 @@ def test_lattice_displacement_equals_the_bicubic_sampling():
 
 
 def test_exposed_field_finds_a_collimator_frame_only():
-    from SAMFusionLib.registration import exposed_field
+    from SAMFusionLib.registration.register import exposed_field
 
     image = np.random.default_rng(0).normal(100, 10, (60, 80)).astype(np.float32)
     framed = image.copy()
@@ -253,9 +253,9 @@ def test_exposed_field_finds_a_collimator_frame_only():
 def test_a_collimated_xray_registers_without_folding():
     """The collimator's edge is a strong gradient the CT projection lacks; it must not pull the
     non-rigid field (measured: it folded the field in 2 of 6 pairs before the edge was masked)."""
-    from SAMFusionLib.demo_case import phantom_pair, tre_mm
-    from SAMFusionLib.intensity import resolve_range, to_sam_rgb
-    from SAMFusionLib.radiograph import project_ct
+    from SAMFusionLib.cases.demo_case import phantom_pair, tre_mm
+    from SAMFusionLib.imaging.intensity import resolve_range, to_sam_rgb
+    from SAMFusionLib.registration.radiograph import project_ct
 
     case = phantom_pair(np.random.default_rng(101))
     inputs = case.inputs
@@ -292,7 +292,7 @@ def test_a_uniform_erosion_or_dilation_of_one_mask_is_absorbed_not_fitted(change
 
 
 def test_the_field_weighs_samples_by_how_far_inside_the_moving_image_they_fall():
-    from SAMFusionLib.registration import _Level
+    from SAMFusionLib.registration.register import _Level
 
     grid = Grid2D.isotropic((10, 12), 1.0)
     image = np.random.default_rng(0).random((10, 12)).astype(np.float32)
@@ -315,7 +315,7 @@ def test_unknown_model_selection_is_a_clear_error():
 
 
 def test_registration_device_choice_and_a_clear_error_for_an_absent_gpu():
-    from SAMFusionLib.registration import registration_device
+    from SAMFusionLib.registration.register import registration_device
 
     assert registration_device("cpu") == "cpu"
     assert registration_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")

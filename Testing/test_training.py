@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from SAMFusionLib.datasets import make_sources
-from SAMFusionLib.losses import dice_loss, focal_loss, mask_iou
-from SAMFusionLib.models import build_sam, load_table
-from SAMFusionLib.prompts_sim import correction_click, jittered_box, simulate
-from SAMFusionLib.training import TrainConfig, evaluate, train, validation_set
+from SAMFusionLib.sam.models import build_sam, load_table
+from SAMFusionLib.training.datasets import make_sources
+from SAMFusionLib.training.losses import dice_loss, focal_loss, mask_iou
+from SAMFusionLib.training.prompts_sim import correction_click, jittered_box, simulate
+from SAMFusionLib.training.train import TrainConfig, evaluate, train, validation_set
 
 
 def test_focal_loss_by_hand():

@@ -7,10 +7,10 @@ import pytest
 import SimpleITK as sitk
 
 from SAMFusionLib.errors import SamFusionError
-from SAMFusionLib.geometry import ImageGeometry, SliceAxes, roi_corners_ras
-from SAMFusionLib.io import read_volume
-from SAMFusionLib.segmenter import Segmenter
-from SAMFusionLib.volume import VolumePrompts, plan_prompts, segment_volume
+from SAMFusionLib.imaging.geometry import ImageGeometry, SliceAxes, roi_corners_ras
+from SAMFusionLib.imaging.io import read_volume
+from SAMFusionLib.sam.segmenter import Segmenter
+from SAMFusionLib.sam.volume import VolumePrompts, plan_prompts, segment_volume
 
 from .test_geometry import DIRECTIONS
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from SAMFusionLib.errors import SamFusionError
-from SAMFusionLib.segmenter import Segmenter
-from SAMFusionLib.zoom import MIN_CROP_PX, _crop_window, predict_zoomed
+from SAMFusionLib.sam.segmenter import Segmenter
+from SAMFusionLib.sam.zoom import MIN_CROP_PX, _crop_window, predict_zoomed
 
 
 def test_crop_window_stays_inside_and_has_a_minimum_size():

@@ -1,0 +1,47 @@
+"""``samfusion bench``: the benchmarks that print figures."""
+
+from __future__ import annotations
+
+import json
+
+from SAMFusionLib.cli.common import add_model_options
+
+
+def cmd_bench(args) -> int:
+    if args.what == "demo-model":
+        from SAMFusionLib.annotation.demo_figures import figure_table, format_figures
+        from SAMFusionLib.sam.models import load_model
+
+        figures = figure_table(load_model(args.model, args.checkpoint, args.arch, args.device))
+        print(json.dumps(figures) if args.json else format_figures(figures))
+        return 0
+    if args.what == "register":
+        from SAMFusionLib.bench.register import format_table, run_benchmark
+
+        figures = run_benchmark(args.cases)
+        print(json.dumps(figures) if args.json else format_table(figures))
+        return 0
+    if args.what == "fuse":
+        from SAMFusionLib.bench.fusion import format_table, run_benchmark
+
+        figures = run_benchmark()
+        print(json.dumps(figures) if args.json else format_table(figures))
+        return 0
+    from SAMFusionLib.bench.segment import run_benchmark
+
+    figures = run_benchmark(args)
+    print(json.dumps(figures, indent=None if args.json else 2))
+    return 0
+
+
+def add_parser(commands) -> None:
+    bench = commands.add_parser("bench", help="benchmarks that print figures")
+    bench.add_argument("what", choices=["segment", "fuse", "register", "demo-model"])
+    bench.add_argument("--cases", type=int, default=20, help="register: number of cases")
+    bench.add_argument("--json", action="store_true", help="one line of JSON")
+    bench.add_argument("--slices", type=int, default=8, help="segment: ROI slices to segment (>= 8)")
+    bench.add_argument("--batch-size", type=int, help="segment: slices per encoder call (default 1 on CPU, 4 on GPU)")
+    bench.add_argument("--random-arch", help="time a randomly initialised model of this architecture (e.g. vit_b)")
+    bench.add_argument("--precision", default="fp32", help="fp32, or bf16/fp16 autocast on CUDA")
+    add_model_options(bench)
+    bench.set_defaults(func=cmd_bench)

@@ -1,0 +1,56 @@
+"""What every ``samfusion`` command shares: exit codes, the one-line-error parser, prompt pairs and
+the model options.
+
+The command modules import this one, never each other or ``main`` (which imports them all).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from SAMFusionLib.errors import SamFusionError
+
+EXIT_SOME_FILES_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_QUALITY_FAILED = 3
+EXIT_CANCELLED = 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line like every other error."""
+
+    def error(self, message: str) -> None:  # noqa: D401 - argparse's API
+        raise SamFusionError(message)
+
+
+def pairs(values: list[list[str]] | None, what: str) -> np.ndarray | None:
+    """Flatten ``--point X Y [X Y ...]`` (repeatable) into an (N, 2) float array."""
+    if not values:
+        return None
+    numbers = [v for group in values for v in group]
+    if len(numbers) % 2:
+        raise SamFusionError(f"{what} needs pairs of numbers X Y")
+    try:
+        return np.array(numbers, dtype=float).reshape(-1, 2)
+    except ValueError:
+        raise SamFusionError(f"{what} coordinates must be numbers") from None
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--model", help="model id from the model table (default: the embedded demo model)")
+    group.add_argument("--checkpoint", type=Path, help="a SAM checkpoint file to use directly (offline import)")
+    parser.add_argument("--arch", help="architecture of --checkpoint (inferred from its shapes when omitted)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda or mps")
+
+
+def load_model_from_args(args):
+    """The ``LoadedModel`` that ``--model`` / ``--checkpoint`` / ``--arch`` / ``--device`` name."""
+    from SAMFusionLib.sam.models import load_model
+
+    if args.arch and args.checkpoint is None:
+        raise SamFusionError("--arch applies only with --checkpoint")
+    return load_model(args.model, args.checkpoint, args.arch, args.device)

@@ -1,0 +1,71 @@
+"""Physical geometry of 2D images in ITK's own frame (no RAS flip: registration stays in ITK space).
+
+Index (x = column, y = row) -> physical p = origin + D diag(spacing) (x, y), as SimpleITK defines it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from SAMFusionLib.errors import SamFusionError
+
+
+@dataclass(frozen=True)
+class Grid2D:
+    shape_hw: tuple[int, int]
+    spacing: np.ndarray
+    origin: np.ndarray
+    direction: np.ndarray
+
+    @staticmethod
+    def from_sitk(image) -> Grid2D:
+        if image.GetDimension() != 2:
+            raise SamFusionError(f"expected a 2D image, got {image.GetDimension()}D")
+        width, height = image.GetSize()
+        return Grid2D((height, width), np.array(image.GetSpacing(), float), np.array(image.GetOrigin(), float),
+                      np.array(image.GetDirection(), float).reshape(2, 2))
+
+    @staticmethod
+    def isotropic(shape_hw: tuple[int, int], spacing_mm: float) -> Grid2D:
+        return Grid2D(tuple(shape_hw), np.array([spacing_mm, spacing_mm]), np.zeros(2), np.eye(2))
+
+    @property
+    def index_to_physical_matrix(self) -> np.ndarray:
+        return self.direction @ np.diag(self.spacing)
+
+    def to_physical(self, xy: np.ndarray) -> np.ndarray:
+        """(N, 2) continuous indices (x, y) -> (N, 2) physical points."""
+        return np.atleast_2d(xy) @ self.index_to_physical_matrix.T + self.origin
+
+    def to_index(self, points: np.ndarray) -> np.ndarray:
+        """(N, 2) physical points -> (N, 2) continuous indices (x, y)."""
+        return (np.atleast_2d(points) - self.origin) @ np.linalg.inv(self.index_to_physical_matrix).T
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Physical axis-aligned bounding box (min, max) of the pixel area."""
+        height, width = self.shape_hw
+        corners = np.array([[-0.5, -0.5], [width - 0.5, -0.5], [-0.5, height - 0.5], [width - 0.5, height - 0.5]])
+        physical = self.to_physical(corners)
+        return physical.min(0), physical.max(0)
+
+    def apply_to(self, image) -> None:
+        """Give a SimpleITK 2D image this geometry."""
+        image.SetSpacing(tuple(float(s) for s in self.spacing))
+        image.SetOrigin(tuple(float(o) for o in self.origin))
+        image.SetDirection(tuple(float(d) for d in self.direction.ravel()))
+
+
+def resample_onto(image: np.ndarray, grid: Grid2D, target: Grid2D, transform, nearest: bool = False) -> np.ndarray:
+    """(H, W) ``image`` on ``grid`` resampled onto ``target`` through ``transform`` (a SimpleITK
+    transform mapping target points to ``grid`` points, ITK's resampling direction); linear, or
+    nearest for masks; 0 outside. The result keeps the image's dtype."""
+    import SimpleITK as sitk
+
+    source = sitk.GetImageFromArray(np.ascontiguousarray(image))
+    grid.apply_to(source)
+    reference = sitk.Image(target.shape_hw[1], target.shape_hw[0], source.GetPixelID())
+    target.apply_to(reference)
+    interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    return sitk.GetArrayFromImage(sitk.Resample(source, reference, transform, interpolator, 0.0))

@@ -1,0 +1,438 @@
+"""Markerless 2D registration driven by SAM masks: Match_Loss on soft masks (+ optional NGF).
+
+Fixed and moving images each have a ``Grid2D`` (ITK physical frame). The transform maps fixed
+points to moving points (ITK's resampling convention). Steps:
+1. initialise from mask moments: centroids (translation), principal axes (rotation, both
+   directions tried), area ratio (scale);
+2. optimise with L-BFGS (``schedule``): rigid -> similarity -> affine at the coarsest level
+   (pixel factor 4), the affine refined at factors 2 and 1; then, for a non-rigid result, a
+   displacement on a control grid (cubic, bending penalty) coarse to fine again. Below the
+   coarsest linear stages the moving mask's contour may also shift uniformly (``MaskOffset``):
+   SAM's masks in two modalities differ by such an erosion or dilation, not a transform;
+3. keep the non-rigid result only if the data support it over the affine one: the masks fit
+   clearly better, or (and, with ``select_by="both"``) the images' gradient correlation rises (a
+   non-rigid field can fit noise and the masks' imperfections as well as anatomy);
+4. check quality: mask Dice after warping, Match_Loss before (identity) and after, a sane
+   scale and a fold-free non-rigid field. A failed check is reported as a failure, never hidden.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from SAMFusionLib.errors import Cancelled, SamFusionError
+from SAMFusionLib.imaging.grid2d import Grid2D
+from SAMFusionLib.registration.match_loss import match_loss, ngf_loss, sobel, soft_mask
+from SAMFusionLib.registration.transforms2d import STAGES, Transform2D, cubic_weights
+from SAMFusionLib.registration.verdict import gradient_correlation_after, mask_mismatch, quality_check
+
+
+@dataclass(frozen=True)
+class RegistrationOptions:
+    """What ``register_2d`` fits and how. Figures in comments: ``samfusion bench register``, median
+    TRE / success rate / s per case, on the 2-core CPU (40 cases unless said)."""
+
+    transform: str = "nonrigid"
+    match_weight: float = 1.0
+    intensity_weight: float = 1.0
+    bending_weight: float = 2e-4  # per mm^2 of squared second differences of the control displacements
+    levels: tuple[int, ...] = (4, 2, 1)
+    iterations: int = 20  # per linear stage
+    nonrigid_iterations: int = 50  # at the coarsest level twice this
+    nonrigid_levels: tuple[int, ...] = (4, 2, 1)  # the levels at which the non-rigid field is optimised
+    # At the finest level only a short polish (most of the work is done coarser): fine_iterations for
+    # a 400 x 400 image, more for smaller ones, fine_pixel_budget / pixels up to max_fine_iterations
+    # (the abdomen CT's 3 mm projection, 112 x 122, affine: 4 -> 20 iterations, TRE 0.51-1.65 -> 0.37-0.73 mm).
+    fine_iterations: int = 4
+    fine_pixel_budget: int = 640_000
+    max_fine_iterations: int = 20
+    # 10 x 10 -> 12 x 12 knots: 0.51 -> 0.48 mm on 20 cases (the best fit of the benchmark's smooth
+    # warps leaves 0.23 mm on 10 x 10, 0.10 mm on 12 x 12).
+    control_shape: tuple[int, int] = (12, 12)
+    radius_px: float = 6.0
+    # SAM's masks of the same target differ by a uniform erosion or dilation (a pixel or two, more
+    # in one modality than the other). The fit absorbs one up to this bound with a free offset of the
+    # moving mask's contour, so that the transform is not bent to make up for it
+    # (0 -> 2 px, seed 0, with the masks alone as selection evidence: 0.466 mm / 0.975 -> 0.391 mm / 1.00).
+    mask_offset_px: float = 2.0
+    min_dice: float = 0.7
+    match_mode: str = "vector"
+    # Below the coarsest level, and for the non-rigid field at every level, the masks' own
+    # imperfections would bias the fit, so the intensity term takes over: the mask term's weight is
+    # scaled by these (non-rigid 0.3 -> 0.5, seeds 0-2, masks alone as selection evidence: 0.40 / 0.42 / 0.39 mm, success 0.975 / 0.95 /
+    # 0.975 -> 0.39 / 0.41 / 0.39 mm, 1.00 / 1.00 / 0.975).
+    fine_match_scale: float = 0.3
+    nonrigid_match_scale: float = 0.5
+    # Keep the non-rigid result only when the data support it (a field also fits noise and the
+    # masks' imperfections). Two kinds of support: the masks fit clearly better, their Match_Loss
+    # (offset-corrected, ``mask_mismatch``) falling by the factor ``selection_gain`` (on the
+    # benchmark a field gains 0-12% on an affine case, 12-100% on a non-rigid one); and the images'
+    # gradient correlation rises by more than ``correlation_gain``. ``select_by="either"`` keeps the field on either (benchmark
+    # seeds 0-4: median 0.39-0.48 mm, success 0.975-1.00; the phantom with true masks, whose warp
+    # is nearly affine over the small target, 0.89 -> 0.47 mm against the masks alone); "both"
+    # needs both (for rough masks, see PipelineOptions.select_by; on the benchmark too strict:
+    # success 0.93-0.95, the abdomen's correlation is flat). Without masks: the correlation alone.
+    select_model: bool = True
+    select_by: str = "either"
+    selection_gain: float = 1.15
+    # The correlation must rise by more than this: a smaller rise is what a field fitted to noise
+    # gets (0 -> 0.01: seed 1 0.452 -> 0.407 mm, seeds 0 and 2-4 and the phantom with true masks
+    # unchanged; in the pipeline's "both", phantom seed 7 1.93 -> 0.97 mm).
+    correlation_gain: float = 0.01
+    # Where the optimisation runs: "cpu" (measured: all figures here), "cuda" or "auto" (CUDA when
+    # present). Apple MPS lacks float64, which the transform uses, so it is refused.
+    device: str = "cpu"
+    ngf_epsilon: float = 0.2  # on standardised images; larger ignores weak (noisy) gradients (0.05 -> 0.2: median TRE 0.96 -> 0.78 mm)
+
+
+@dataclass
+class RegistrationResult:
+    transform: Transform2D
+    sitk_transform: object
+    passed: bool
+    reason: str
+    report: dict = field(default_factory=dict)
+
+
+def _moments(mask: np.ndarray, grid: Grid2D) -> tuple[np.ndarray, float, float, float]:
+    """(centroid mm, principal angle rad, physical area mm^2, anisotropy of the second moments)."""
+    ys, xs = np.nonzero(mask)
+    points = grid.to_physical(np.c_[xs, ys].astype(float))
+    centroid = points.mean(0)
+    covariance = np.cov((points - centroid).T) if len(points) > 2 else np.eye(2)
+    values, vectors = np.linalg.eigh(covariance)
+    angle = float(np.arctan2(vectors[1, 1], vectors[0, 1]))
+    area = len(points) * float(np.prod(grid.spacing))
+    return centroid, angle, area, float(values[1] / max(values[0], 1e-9))
+
+
+def _check_inputs(fixed, fixed_grid, moving, moving_grid, fixed_mask, moving_mask) -> None:
+    for name, image in (("fixed", fixed), ("moving", moving)):
+        if image.ndim != 2:
+            raise SamFusionError(f"the {name} image must be 2D, got {image.ndim} dimensions")
+        if not np.all(np.isfinite(image)):
+            raise SamFusionError(f"the {name} image contains NaN or infinite values")
+    for name, mask, image in (("fixed", fixed_mask, fixed), ("moving", moving_mask, moving)):
+        if mask is None:
+            continue
+        if mask.shape != image.shape:
+            raise SamFusionError(f"the {name} mask ({mask.shape}) does not match its image ({image.shape})")
+        if not mask.any():
+            raise SamFusionError(f"the {name} mask is empty: the target was not found in that image")
+    if (fixed_mask is None) != (moving_mask is None):
+        raise SamFusionError("give both masks or neither")
+    (low_f, high_f), (low_m, high_m) = fixed_grid.bounds(), moving_grid.bounds()
+    # With masks the start comes from their moments, so the two frames may lie anywhere (an X-ray's
+    # detector frame and a CT projection's plane share no origin); without, they must overlap.
+    if fixed_mask is None and np.any(np.minimum(high_f, high_m) <= np.maximum(low_f, low_m)):
+        raise SamFusionError("the fixed and moving images' fields of view do not overlap")
+
+
+class MaskOffset:
+    """A fitted offset (mm) of the moving mask's contour along its normal, bounded to +-bound_mm."""
+
+    def __init__(self, bound_mm: float, device="cpu"):
+        import torch
+
+        self.bound_mm = bound_mm
+        self.raw = torch.zeros(1, dtype=torch.float64, device=device)
+
+    def mm(self):
+        import torch
+
+        return self.bound_mm * torch.tanh(self.raw)
+
+
+class _Level:
+    """Maps of one resolution level: fixed maps on a coarse grid, moving maps to sample.
+
+    ``exposed`` is the moving image's exposed rectangle (x0, x1, y0, y1), inclusive pixel indices.
+    ``warp`` weighs each fixed pixel by how far its sample lies inside it (1 inside, 0 a pixel or
+    more outside, linear between, like a bilinear sampling of a 0/1 image; differentiable).
+    """
+
+    def __init__(self, factor: int, fixed_maps, moving_maps, fixed_grid: Grid2D, moving_grid: Grid2D,
+                 exposed: tuple[int, int, int, int], radius_mm: float, control_shape: tuple[int, int] = (10, 10), device="cpu"):
+        import cv2
+        import torch
+        import torch.nn.functional as F
+
+        self.fixed = [F.avg_pool2d(torch.as_tensor(m, device=device)[None, None], factor, ceil_mode=True) for m in fixed_maps]
+        self.fixed_gradients = [sobel(m) for m in self.fixed]  # constant: computed once, not at every iteration
+        height, width = self.fixed[0].shape[-2:]
+        ys, xs = np.mgrid[0:height, 0:width].astype(float)
+        index = np.c_[xs.ravel(), ys.ravel()] * factor + (factor - 1) / 2.0
+        self.shape = (height, width)
+        self.points = torch.as_tensor(fixed_grid.to_physical(index), dtype=torch.float64, device=device)
+        full_height, full_width = fixed_grid.shape_hw
+        self.weights_y = cubic_weights(ys[:, 0] * factor + (factor - 1) / 2.0, full_height, control_shape[0]).to(device)
+        self.weights_x = cubic_weights(xs[0] * factor + (factor - 1) / 2.0, full_width, control_shape[1]).to(device)
+        sigma = max(0.0, 0.5 * factor * fixed_grid.spacing.mean() / moving_grid.spacing.mean())
+        # One (1, C, H, W) stack: a single sampling (and its backward) serves all moving maps.
+        self.moving = torch.as_tensor(np.stack([cv2.GaussianBlur(m, (0, 0), sigma) if sigma > 0.3 else m for m in moving_maps]), device=device)[None]
+        self.exposed = exposed
+        self.collimated = exposed != (0, moving_grid.shape_hw[1] - 1, 0, moving_grid.shape_hw[0] - 1)
+        to_index = np.linalg.inv(moving_grid.index_to_physical_matrix)
+        self.to_moving_index = torch.as_tensor(to_index, dtype=torch.float64, device=device)
+        self.moving_origin = torch.as_tensor(moving_grid.origin, dtype=torch.float64, device=device)
+        self.moving_hw = moving_grid.shape_hw
+        self.radius_mm = radius_mm  # the mask maps' clipping radius at this level
+
+    def warp(self, transform: Transform2D, nonrigid: bool) -> tuple[list, object]:
+        """The moving maps sampled at the level's fixed points, each (1, 1, H, W), and the exposure
+        weight (1, 1, H, W) of those samples for the intensity term, or None where it counts all.
+
+        The non-rigid field counts only pixels the moving image shows: outside, the border-padded
+        samples are streaks whose gradients the field would chase (it wandered up to 18 mm on an
+        affine case). The linear stages keep them, unless a collimator frames the image (its edge
+        would pull): their few parameters cannot chase streaks, and weighting there made 3 of 16
+        phantom pipelines worse: 1.1, 1.1, 3.3 -> 3.5, 6.3, 8.8 mm.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        displacement = transform.displacement_on_lattice(self.weights_y, self.weights_x) if nonrigid else None
+        moved = transform(self.points, nonrigid=nonrigid, displacement=displacement)
+        index = ((moved - self.moving_origin) @ self.to_moving_index.T).float()
+        height, width = self.moving_hw
+        x, y = index[:, 0], index[:, 1]
+        sample = torch.stack([2 * x / (width - 1) - 1, 2 * y / (height - 1) - 1], -1).reshape(1, *self.shape, 2)
+        stack = F.grid_sample(self.moving, sample, mode="bilinear", padding_mode="border", align_corners=True)
+        if not (nonrigid or self.collimated):
+            return list(stack.split(1, dim=1)), None
+        x0, x1, y0, y1 = self.exposed
+        weight = ((x - x0 + 1).clamp(0, 1) * (x1 + 1 - x).clamp(0, 1) * (y - y0 + 1).clamp(0, 1) * (y1 + 1 - y).clamp(0, 1))
+        return list(stack.split(1, dim=1)), weight.reshape(1, 1, *self.shape)
+
+
+def _loss(level: _Level, transform: Transform2D, options: RegistrationOptions, use_masks: bool, nonrigid: bool,
+          match_scale: float = 1.0, offset: MaskOffset | None = None):
+    warped, exposure = level.warp(transform, nonrigid)
+    total = 0.0
+    if use_masks and match_scale > 0:
+        weight = options.match_weight * match_scale
+        moved = warped[0]
+        if offset is not None:  # the moving mask map is unclipped: offset its contour, then clip like the fixed one
+            moved = (moved + offset.mm() / level.radius_mm).clamp(-1.0, 1.0)
+        total = total + weight * match_loss(level.fixed[0], moved, options.match_mode, grad_a=level.fixed_gradients[0])
+    if options.intensity_weight > 0 or not use_masks:
+        weight = options.intensity_weight if use_masks else 1.0
+        total = total + weight * ngf_loss(level.fixed[-1], warped[-1], epsilon=options.ngf_epsilon, grad_a=level.fixed_gradients[-1], weight=exposure)
+    if nonrigid:
+        total = total + options.bending_weight * transform.bending_energy()
+    return total
+
+
+@dataclass(frozen=True)
+class Step:
+    """One L-BFGS run: at pixel ``factor``, freeing the parameters of ``stage``, for up to
+    ``iterations``, with the mask term's weight scaled by ``match_scale``."""
+
+    factor: int
+    stage: str
+    iterations: int
+    match_scale: float
+
+
+def schedule(options: RegistrationOptions, fixed_pixels: int) -> list[Step]:
+    """The optimisation steps, in order, for a fixed image of ``fixed_pixels`` pixels."""
+    final = STAGES.index(options.transform)
+    linear = min(final, 2)
+    coarsest, finer = options.levels[0], options.levels[1:]
+    # The finest level costs in proportion to its pixels: a small image gets more polish for the same time.
+    fine = int(np.clip(options.fine_pixel_budget // max(fixed_pixels, 1), options.fine_iterations, options.max_fine_iterations))
+
+    def iterations(factor: int, normal: int) -> int:
+        return fine if factor == options.levels[-1] and factor != coarsest else normal
+
+    steps = [Step(coarsest, stage, options.iterations, 1.0) for stage in STAGES[: linear + 1]]
+    steps += [Step(f, STAGES[linear], iterations(f, options.iterations), options.fine_match_scale) for f in finer]
+    if final == 3:
+        steps += [Step(f, "nonrigid", iterations(f, options.nonrigid_iterations * (2 if f == coarsest else 1)), options.nonrigid_match_scale)
+                  for f in options.levels if f in options.nonrigid_levels]
+    return steps
+
+
+def _optimise(level, transform, options, use_masks, step: Step, cancelled=None, offset: MaskOffset | None = None) -> float:
+    import torch
+
+    nonrigid = step.stage == "nonrigid"
+    parameters = transform.free(step.stage)
+    if offset is not None:
+        # Free from the first finer level on, and for the non-rigid field: at the coarsest linear
+        # stages, far from the solution, an offset could only trade overlap for a smaller band.
+        free = step.factor != options.levels[0] or nonrigid
+        offset.raw.requires_grad_(free)
+        if free:
+            parameters = parameters + [offset.raw]
+    optimiser = torch.optim.LBFGS(parameters, lr=1.0, max_iter=step.iterations, line_search_fn="strong_wolfe")
+
+    def closure():
+        if cancelled is not None and cancelled():
+            raise Cancelled("cancelled during registration")
+        optimiser.zero_grad()
+        loss = _loss(level, transform, options, use_masks, nonrigid, step.match_scale, offset)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    with torch.no_grad():
+        return float(_loss(level, transform, options, use_masks, nonrigid, step.match_scale, offset))
+
+
+def exposed_field(image: np.ndarray, margin_px: int = 3) -> np.ndarray:
+    """(H, W) bool: the image without a collimator's uniform border.
+
+    Edge rows and columns whose values are all (nearly) equal, within 1% of the image's range, on
+    all four sides, are unexposed; so are ``margin_px`` more inside, so that the collimator's edge, a strong gradient
+    that the CT's projection does not have, never pulls the intensity term. All True when the
+    image has no such border.
+    """
+    tolerance = 0.01 * float(np.ptp(image))
+    flat_rows = np.ptp(image, axis=1) <= tolerance
+    flat_columns = np.ptp(image, axis=0) <= tolerance
+
+    def run(flags: np.ndarray) -> int:
+        return int(np.argmin(flags)) if not flags.all() else len(flags)
+
+    top, bottom = run(flat_rows), run(flat_rows[::-1])
+    left, right = run(flat_columns), run(flat_columns[::-1])
+    field = np.ones(image.shape, bool)
+    # A collimator frames the image on all four sides; flat rows on only some sides are something
+    # else (e.g. a rotated detector's fill) and are left alone (measured: treating those too cost
+    # the benchmark's success rate 1.00 -> 0.85).
+    if top and bottom and left and right:
+        field[:] = False
+        height, width = image.shape
+        field[top + margin_px : height - bottom - margin_px, left + margin_px : width - right - margin_px] = True
+    return field
+
+
+def registration_device(preference: str) -> str:
+    """The torch device for ``RegistrationOptions.device``: "cpu", "cuda[:N]" (an error when absent)
+    or "auto" (CUDA when present, else the CPU)."""
+    import torch
+
+    from SAMFusionLib.device import select_device
+
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if preference == "mps":
+        raise SamFusionError("the registration cannot run on Apple MPS (no float64): use cpu")
+    return select_device(preference)
+
+
+def _standardise(image: np.ndarray) -> np.ndarray:
+    image = image.astype(np.float32)
+    spread = float(image.std())
+    if spread == 0:
+        raise SamFusionError("an image is constant; nothing to register")
+    return (image - float(image.mean())) / spread
+
+
+def register_2d(
+    fixed: np.ndarray,
+    fixed_grid: Grid2D,
+    moving: np.ndarray,
+    moving_grid: Grid2D,
+    fixed_mask: np.ndarray | None = None,
+    moving_mask: np.ndarray | None = None,
+    options: RegistrationOptions = RegistrationOptions(),
+    cancelled: Callable[[], bool] | None = None,
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` ((H, W) arrays with their grids); masks are (H, W) bool.
+    ``cancelled()`` is polled at every optimiser evaluation."""
+    import torch
+
+    start = time.perf_counter()
+    _check_inputs(fixed, fixed_grid, moving, moving_grid, fixed_mask, moving_mask)
+    if options.transform not in STAGES:
+        raise SamFusionError(f"unknown transform {options.transform!r}: use {', '.join(STAGES)}")
+    if options.select_by not in ("either", "both"):
+        raise SamFusionError(f"unknown select_by {options.select_by!r}: use either or both")
+    device = registration_device(options.device)
+    final = STAGES.index(options.transform)
+    use_masks = fixed_mask is not None
+    fixed_i, moving_i = _standardise(fixed), _standardise(moving)
+
+    if use_masks:
+        c_f, angle_f, area_f, aniso_f = _moments(fixed_mask, fixed_grid)
+        c_m, angle_m, area_m, aniso_m = _moments(moving_mask, moving_grid)
+        # A rigid result keeps scale 1: the area ratio seeds only the models that may scale.
+        log_scale = 0.5 * np.log(area_m / area_f) if options.transform != "rigid" else 0.0
+        # An elongated target defines its axis (up to 180 degrees); a round one does not.
+        angles = [angle_m - angle_f, angle_m - angle_f + np.pi] if min(aniso_f, aniso_m) > 1.3 else [0.0]
+    else:
+        c_f = fixed_grid.to_physical(np.array([(fixed.shape[1] - 1) / 2, (fixed.shape[0] - 1) / 2]))[0]
+        c_m = moving_grid.to_physical(np.array([(moving.shape[1] - 1) / 2, (moving.shape[0] - 1) / 2]))[0]
+        log_scale, angles = 0.0, [0.0]
+
+    def radius_mm(factor: int) -> float:
+        """The mask maps' clipping radius at pixel ``factor``."""
+        return options.radius_px * factor * float(fixed_grid.spacing.mean())
+
+    def maps(factor: int, which: str):
+        grid, mask, image = (fixed_grid, fixed_mask, fixed_i) if which == "fixed" else (moving_grid, moving_mask, moving_i)
+        # The moving mask's map stays unclipped when its contour may be offset (clipped in _loss).
+        clip = which == "fixed" or options.mask_offset_px == 0
+        return ([soft_mask(mask, float(grid.spacing.mean()), radius_mm(factor), clip)] if use_masks else []) + [image]
+
+    field = exposed_field(moving)
+    rows, columns = np.nonzero(field.any(1))[0], np.nonzero(field.any(0))[0]
+    exposed = (int(columns[0]), int(columns[-1]), int(rows[0]), int(rows[-1]))
+    field = None if field.all() else field
+    levels = {f: _Level(f, maps(f, "fixed"), maps(f, "moving"), fixed_grid, moving_grid, exposed, radius_mm(f), options.control_shape, device)
+              for f in options.levels}
+    offset = MaskOffset(options.mask_offset_px * float(fixed_grid.spacing.mean()), device) if use_masks and options.mask_offset_px > 0 else None
+    coarse = levels[options.levels[0]]
+    candidates = []
+    for angle in angles:
+        candidate = Transform2D(c_f, c_m - c_f, angle, log_scale, options.control_shape).to(device)
+        with torch.no_grad():
+            candidates.append((float(_loss(coarse, candidate, options, use_masks, False, offset=offset)), candidate))
+    transform = min(candidates, key=lambda pair: pair[0])[1]
+
+    history = []
+    linear_result = None
+    for step in schedule(options, fixed.size):
+        if step.stage == "nonrigid" and linear_result is None:
+            linear_result = transform.copy()
+        loss = _optimise(levels[step.factor], transform, options, use_masks, step, cancelled, offset)
+        history.append({"level": step.factor, "stage": step.stage, "loss": round(loss, 5)})
+
+    nonrigid = final == 3
+    sitk_transform = transform.to_sitk(fixed_grid, nonrigid)
+    correlation = gradient_correlation_after(fixed, fixed_grid, moving, moving_grid, sitk_transform, field)
+    chosen = options.transform
+    if linear_result is not None and options.select_model:
+        linear_sitk = linear_result.to_sitk(fixed_grid, False)
+        linear_correlation = gradient_correlation_after(fixed, fixed_grid, moving, moving_grid, linear_sitk, field)
+        # A field the data do not support has fitted noise or the masks' imperfections (see
+        # RegistrationOptions.select_model).
+        images_support = correlation > linear_correlation + options.correlation_gain
+        supported = images_support
+        if use_masks:
+            mismatch = mask_mismatch(fixed_mask, fixed_grid, moving_mask, moving_grid, sitk_transform, radius_mm(1), options.mask_offset_px)
+            linear_mismatch = mask_mismatch(fixed_mask, fixed_grid, moving_mask, moving_grid, linear_sitk, radius_mm(1), options.mask_offset_px)
+            masks_support = linear_mismatch > options.selection_gain * mismatch
+            supported = (masks_support and images_support) if options.select_by == "both" else (masks_support or images_support)
+        if not supported:
+            transform, sitk_transform, correlation, chosen = linear_result, linear_sitk, linear_correlation, "affine"
+    passed, reason, quality = quality_check(fixed_mask, fixed_grid, moving_mask, moving_grid, sitk_transform, transform, options)
+    quality["gradient_correlation"] = round(correlation, 4)
+    report = {
+        "transform": options.transform,
+        "chosen_model": chosen,
+        "seconds": round(time.perf_counter() - start, 3),
+        "parameters": transform.summary(),
+        "mask_offset_mm": None if offset is None else round(float(offset.mm().detach()), 3),
+        "stages": history,
+        **quality,
+        "passed": passed,
+        "reason": reason,
+    }
+    return RegistrationResult(transform, sitk_transform, passed, reason, report)

@@ -1,0 +1,208 @@
+"""Prompt -> mask on one 2D image, through ``segment_anything.SamPredictor``.
+
+The official predictor stays authoritative for preprocessing, prompt transforms and
+postprocessing. This module adds the embedding cache, batched encoding of many slices, autocast
+on CUDA, input checks and best-score selection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+
+from SAMFusionLib.errors import Cancelled, SamFusionError
+from SAMFusionLib.imaging.geometry import check_pixel_inside, normalize_box
+from SAMFusionLib.sam.embedding_cache import Embedding, EmbeddingCache, image_key
+from SAMFusionLib.sam.models import LoadedModel
+
+
+@dataclass
+class Prediction:
+    """SAM's answer to one prompt on one image.
+
+    Attributes:
+        mask: (H, W) bool, the chosen mask (with several candidates: the best predicted IoU x stability).
+        score: SAM's predicted IoU of ``mask``.
+        low_res_logits: (1, h, w) float32 logits of ``mask`` (h = w = img_size / 4), usable as the
+            next ``mask_input``.
+        masks: (C, H, W) bool, all candidate masks (C = 3 with multimask output, else 1).
+        scores: (C,) float32 predicted IoUs.
+        all_low_res_logits: (C, h, w) float32.
+    """
+
+    mask: np.ndarray
+    score: float
+    low_res_logits: np.ndarray
+    masks: np.ndarray
+    scores: np.ndarray
+    all_low_res_logits: np.ndarray
+    stability: np.ndarray | None = None
+
+
+STABILITY_OFFSET = 1.0  # SAM's automatic mask generator uses the same logit offset
+
+
+def stability_scores(logits: np.ndarray, offset: float = STABILITY_OFFSET) -> np.ndarray:
+    """(C,) SAM's stability score of each (C, H, W) logit map: |logit > +offset| / |logit > -offset|.
+
+    A crisp object gives a mask that barely changes with the threshold (stability near 1).
+    """
+    strict = (logits > offset).sum(axis=(1, 2))
+    loose = (logits > -offset).sum(axis=(1, 2))
+    return strict / np.maximum(loose, 1)
+
+
+def check_rgb(rgb: np.ndarray) -> None:
+    """Raise unless ``rgb`` is an (H, W, 3) uint8 image SAM can take."""
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        shape = getattr(rgb, "shape", None)
+        raise SamFusionError(f"SAM needs an (H, W, 3) uint8 RGB image, got shape {shape}")
+    if min(rgb.shape[:2]) < 2:
+        raise SamFusionError(f"image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small to segment")
+
+
+class Segmenter:
+    """A SAM predictor with a shared embedding cache.
+
+    Args:
+        model: the loaded model.
+        cache: shared cache; a private 1 GiB in-memory cache when None.
+        precision: "fp32", or "bf16"/"fp16" autocast of the image encoder on CUDA.
+    """
+
+    def __init__(self, model: LoadedModel, cache: EmbeddingCache | None = None, precision: str = "fp32") -> None:
+        from segment_anything import SamPredictor
+
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise SamFusionError(f"unknown precision {precision!r}: use fp32, bf16 or fp16")
+        self.model = model
+        self.predictor = SamPredictor(model.sam)
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.precision = precision
+        self.current_key: str | None = None
+
+    def _autocast(self):
+        import torch
+
+        if self.precision == "fp32" or not self.model.device.startswith("cuda"):
+            return nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def _preprocess(self, rgb: np.ndarray):
+        """(H, W, 3) uint8 -> (1, 3, H', W') tensor resized the official way (``ResizeLongestSide``)."""
+        import torch
+
+        resized = self.predictor.transform.apply_image(rgb)
+        tensor = torch.as_tensor(resized, device=self.predictor.device)
+        return tensor.permute(2, 0, 1).contiguous()[None]
+
+    def _encode(self, tensors: list) -> list:
+        """Encode same-sized preprocessed tensors in one batch; returns (1, C, h, w) float32 each."""
+        import torch
+
+        batch = torch.cat(tensors, dim=0)
+        with torch.inference_mode(), self._autocast():
+            features = self.model.sam.image_encoder(self.model.sam.preprocess(batch))
+        return [f[None].float() for f in features]
+
+    def _activate(self, key: str, embedding: Embedding) -> None:
+        predictor = self.predictor
+        predictor.reset_image()
+        predictor.features = embedding.features
+        predictor.input_size = tuple(embedding.input_size)
+        predictor.original_size = tuple(embedding.original_size)
+        predictor.is_image_set = True
+        self.current_key = key
+
+    def set_image(self, rgb: np.ndarray) -> str:
+        """Make ``rgb`` the current image, computing its embedding only if the cache lacks it."""
+        check_rgb(rgb)
+        key = image_key(self.model.fingerprint, rgb)
+        if key == self.current_key:
+            return key
+        embedding = self.cache.get(key, self.model.device)
+        if embedding is None:
+            tensor = self._preprocess(rgb)
+            (features,) = self._encode([tensor])
+            embedding = Embedding(features, tuple(tensor.shape[-2:]), tuple(rgb.shape[:2]))
+            self.cache.put(key, embedding)
+        self._activate(key, embedding)
+        return key
+
+    def embed_many(
+        self,
+        images: Sequence[np.ndarray],
+        batch_size: int = 4,
+        progress: Callable[[int, int], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> list[str]:
+        """Put the embeddings of many (H, W, 3) uint8 images in the cache, batching the encoder.
+
+        Images already cached are skipped. Returns their keys in order. ``progress(done, total)``
+        is called after each batch; ``cancelled()`` returning True stops with SamFusionError.
+        """
+        keys = []
+        for rgb in images:
+            check_rgb(rgb)
+            keys.append(image_key(self.model.fingerprint, rgb))
+        todo = [(key, rgb) for key, rgb in zip(keys, images, strict=True) if self.cache.get(key, self.model.device) is None]
+        unique = list(dict((key, rgb) for key, rgb in todo).items())
+        for start in range(0, len(unique), max(1, batch_size)):
+            if cancelled is not None and cancelled():
+                raise Cancelled("cancelled while encoding slices")
+            chunk = unique[start : start + max(1, batch_size)]
+            groups: dict[tuple, list] = {}
+            for key, rgb in chunk:
+                groups.setdefault(rgb.shape, []).append((key, rgb, self._preprocess(rgb)))
+            for members in groups.values():
+                features = self._encode([tensor for _, _, tensor in members])
+                for (key, rgb, tensor), feature in zip(members, features, strict=True):
+                    self.cache.put(key, Embedding(feature, tuple(tensor.shape[-2:]), tuple(rgb.shape[:2])))
+            if progress is not None:
+                progress(min(start + len(chunk), len(unique)), len(unique))
+        return keys
+
+    def predict(
+        self,
+        points_xy: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        box_xyxy: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask: bool = True,
+    ) -> Prediction:
+        """Segment the current image from prompts in pixel coordinates (x = column, y = row).
+
+        Args:
+            points_xy: (N, 2) points; ``labels`` (N,) with 1 = positive, 0 = negative.
+            box_xyxy: (4,) box, corners in any order.
+            mask_input: (1, h, w) low-res logits from a previous prediction.
+            multimask: ask for 3 candidates and keep the best-scored one.
+        """
+        if not self.predictor.is_image_set:
+            raise SamFusionError("no image set: call set_image first")
+        height, width = self.predictor.original_size
+        if points_xy is None and box_xyxy is None and mask_input is None:
+            raise SamFusionError("no prompt given: need at least one point or a box")
+        coords = label_array = box = None
+        if points_xy is not None:
+            coords = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+            label_array = np.ones(len(coords), dtype=np.int64) if labels is None else np.asarray(labels).reshape(-1)
+            if len(label_array) != len(coords) or not set(np.unique(label_array)) <= {0, 1}:
+                raise SamFusionError("each point needs a label, 1 (positive) or 0 (negative)")
+            check_pixel_inside(coords, height, width, "point")
+        if box_xyxy is not None:
+            box = normalize_box(box_xyxy)
+            check_pixel_inside(box.reshape(2, 2), height, width, "box corner")
+        full_logits, scores, logits = self.predictor.predict(
+            point_coords=coords, point_labels=label_array, box=box, mask_input=mask_input, multimask_output=multimask, return_logits=True
+        )
+        masks = full_logits > self.model.sam.mask_threshold  # exactly what SamPredictor returns as masks
+        # Between candidates, SAM's predicted IoU alone can prefer a large, blurry mask on a small target;
+        # its automatic mask generator also weighs stability, and so do we.
+        stability = stability_scores(full_logits)
+        best = int(np.argmax(scores * stability))
+        return Prediction(masks[best], float(scores[best]), logits[best : best + 1], masks, scores, logits, stability)

@@ -1,0 +1,228 @@
+"""Slice-wise SAM segmentation of a 3D volume from RAS prompts.
+
+Prompts arrive in physical RAS (as Slicer gives them) and are mapped to continuous IJK with the
+volume's full IJK->RAS matrix, so any spacing, origin and direction (oblique, flipped) is handled.
+Slices are cut along the IJK axis the caller chooses (``SliceAxes``).
+
+- An ROI gives the slice range and, per slice, a 2D box: the bounding box of its 8 corners in IJK.
+- Fiducials give point prompts on their nearest slice.
+- With propagation, segmentation starts at the seed slices and moves outward; each next slice is
+  prompted with the previous slice's mask box (plus a small margin, inside the ROI) and a positive
+  point at that mask's deepest interior pixel. It stops where the target disappears (empty mask,
+  score below ``min_score``) or where the mask suddenly grows more than ``max_growth`` times the
+  previous slice's area: a leak into the surroundings, not the target.
+- Without propagation, every ROI slice gets the ROI box: the classic per-slice loop, batched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from SAMFusionLib.errors import Cancelled, SamFusionError
+from SAMFusionLib.imaging.geometry import ImageGeometry, SliceAxes
+from SAMFusionLib.imaging.intensity import check_finite_nonconstant, resolve_range, to_sam_rgb
+from SAMFusionLib.sam.segmenter import Segmenter
+from SAMFusionLib.sam.zoom import predict_zoomed
+
+
+@dataclass
+class VolumePrompts:
+    """Prompts in RAS millimetres.
+
+    Attributes:
+        points_ras: (N, 3) fiducial positions.
+        labels: (N,) 1 = positive, 0 = negative.
+        roi_corners_ras: (8, 3) ROI corners (any points whose bounding box is the ROI), or None.
+    """
+
+    points_ras: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    roi_corners_ras: np.ndarray | None = None
+
+
+@dataclass
+class VolumeSegmentation:
+    """``mask_kji``: (k, j, i) uint8 0/1 on the input grid; ``slice_scores``: SAM score per segmented slice."""
+
+    mask_kji: np.ndarray
+    slice_scores: dict[int, float]
+    slice_axis: int
+
+
+@dataclass(frozen=True)
+class SlicePlan:
+    """Prompts mapped to one slicing: seed prompts per slice, the allowed slice range, the ROI box."""
+
+    seeds: dict[int, tuple[np.ndarray, np.ndarray]]
+    first: int
+    last: int
+    roi_box: np.ndarray | None
+
+
+def plan_prompts(prompts: VolumePrompts, geometry: ImageGeometry, axes: SliceAxes) -> SlicePlan:
+    """Map RAS prompts to slices and pixel coordinates, with clear errors for unusable prompts."""
+    count = axes.count(geometry.shape_kji)
+    points = np.asarray(prompts.points_ras, dtype=float).reshape(-1, 3)
+    labels = np.asarray(prompts.labels, dtype=int).reshape(-1)
+    if len(points) != len(labels):
+        raise SamFusionError("each fiducial needs a label (positive or negative)")
+    if len(points) == 0 and prompts.roi_corners_ras is None:
+        raise SamFusionError("no prompts: place at least one positive fiducial or an ROI")
+    if len(points) and not np.any(labels == 1) and prompts.roi_corners_ras is None:
+        raise SamFusionError("only negative fiducials given: add a positive fiducial or an ROI")
+    points_ijk = geometry.ras_to_ijk(points) if len(points) else np.zeros((0, 3))
+    inside = geometry.contains_ijk(points_ijk) if len(points) else np.zeros(0, bool)
+    if len(points) and not np.all(inside):
+        bad = points[np.argmin(inside)]
+        raise SamFusionError(f"fiducial at RAS ({bad[0]:.1f}, {bad[1]:.1f}, {bad[2]:.1f}) lies outside the volume")
+
+    first, last, roi_box = 0, count - 1, None
+    if prompts.roi_corners_ras is not None:
+        corners_ijk = geometry.ras_to_ijk(np.asarray(prompts.roi_corners_ras, dtype=float).reshape(-1, 3))
+        low, high = corners_ijk.min(axis=0), corners_ijk.max(axis=0)
+        if np.any(high - low <= 0):
+            raise SamFusionError("the ROI is empty (zero size along at least one axis)")
+        # Slices whose centre lies inside the ROI; an ROI thinner than a slice keeps its nearest slice.
+        first, last = math.ceil(low[axes.normal] - 1e-6), math.floor(high[axes.normal] + 1e-6)
+        if first > last:
+            first = last = int(round((low[axes.normal] + high[axes.normal]) / 2))
+        first, last = max(0, first), min(count - 1, last)
+        width = geometry.shape_kji[2 - axes.x_axis]
+        height = geometry.shape_kji[2 - axes.y_axis]
+        roi_box = np.array([
+            max(low[axes.x_axis], -0.5), max(low[axes.y_axis], -0.5),
+            min(high[axes.x_axis], width - 0.5), min(high[axes.y_axis], height - 0.5),
+        ])
+        if first > last or roi_box[0] >= roi_box[2] or roi_box[1] >= roi_box[3]:
+            raise SamFusionError("the ROI lies outside the volume")
+
+    seeds: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    xy, position = axes.split(points_ijk)
+    for index in np.unique(np.rint(position).astype(int)) if len(points) else []:
+        on_slice = np.rint(position).astype(int) == index
+        if not first <= index <= last:
+            raise SamFusionError(f"a fiducial lies on slice {index}, outside the ROI's slices {first}..{last}")
+        if np.any(labels[on_slice] == 1) or roi_box is not None:
+            seeds[int(index)] = (xy[on_slice], labels[on_slice])
+    if not seeds:
+        seeds[(first + last) // 2] = (np.zeros((0, 2)), np.zeros(0, dtype=int))
+    return SlicePlan(seeds, first, last, roi_box)
+
+
+def _interior_point(mask: np.ndarray) -> np.ndarray:
+    """(1, 2) the pixel (x, y) of ``mask`` farthest from its edge."""
+    import cv2
+
+    distance = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return np.array([[float(x), float(y)]])
+
+
+def _mask_box(mask: np.ndarray, margin_fraction: float = 0.05, margin_px: float = 1.0) -> np.ndarray:
+    """(x0, y0, x1, y1) box around a (H, W) mask, widened by a margin."""
+    rows, cols = np.nonzero(mask)
+    x0, x1, y0, y1 = cols.min(), cols.max(), rows.min(), rows.max()
+    pad_x = max(margin_px, margin_fraction * (x1 - x0 + 1))
+    pad_y = max(margin_px, margin_fraction * (y1 - y0 + 1))
+    return np.array([x0 - pad_x, y0 - pad_y, x1 + pad_x, y1 + pad_y], dtype=float)
+
+
+def _clip_box(box: np.ndarray, limit: np.ndarray | None, width: int, height: int) -> np.ndarray:
+    lo = np.array([-0.5, -0.5]) if limit is None else limit[:2]
+    hi = np.array([width - 0.5, height - 0.5]) if limit is None else limit[2:]
+    return np.r_[np.maximum(box[:2], lo), np.minimum(box[2:], hi)]
+
+
+def segment_volume(
+    segmenter: Segmenter,
+    volume_kji: np.ndarray,
+    geometry: ImageGeometry,
+    prompts: VolumePrompts,
+    slice_axis: int = 2,
+    window: str = "auto",
+    propagate: bool = True,
+    min_score: float = 0.0,
+    max_growth: float = 1.5,
+    zoom: str = "auto",
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> VolumeSegmentation:
+    """Segment the prompted target slice by slice; returns a mask on the volume's own grid.
+
+    Args:
+        volume_kji: (k, j, i) scalar volume, e.g. CT in HU.
+        geometry: its IJK->RAS geometry; ``geometry.shape_kji`` must equal ``volume_kji.shape``.
+        slice_axis: IJK axis to slice along (0 = i, 1 = j, 2 = k).
+        window: intensity window (see ``intensity.resolve_range``), resolved once for the whole volume.
+        propagate: follow the target from the seed slices (True), or box every ROI slice (False).
+        min_score: stop propagating where SAM's score falls below this.
+        max_growth: stop where a slice's mask exceeds this many times the previous slice's area.
+        zoom: "auto" re-segments small targets in a crop around the prompt (``zoom.predict_zoomed``).
+        batch_size: slices per encoder call; default 1 on the CPU (batching measured slower there:
+            ratio 0.80 at 4 against 1.01 at 1) and 4 on a GPU.
+    """
+    if volume_kji.ndim != 3:
+        raise SamFusionError(f"expected a 3D volume, got an array of {volume_kji.ndim} dimensions")
+    if tuple(volume_kji.shape) != tuple(geometry.shape_kji):
+        raise SamFusionError(f"volume shape {volume_kji.shape} does not match its geometry {geometry.shape_kji}")
+    check_finite_nonconstant(volume_kji, "volume")
+    axes = SliceAxes(slice_axis)
+    plan = plan_prompts(prompts, geometry, axes)
+    intensity = resolve_range(volume_kji, window)
+
+    rgb_cache: dict[int, np.ndarray] = {}
+
+    def rgb_of(index: int) -> np.ndarray:
+        if index not in rgb_cache:  # each slice is converted once, however often it is visited
+            rgb_cache[index] = to_sam_rgb(axes.take(volume_kji, index), intensity)
+        return rgb_cache[index]
+
+    mask = np.zeros(volume_kji.shape, dtype=np.uint8)
+    scores: dict[int, float] = {}
+
+    def run(index: int, points_xy, labels, box) -> np.ndarray:
+        if cancelled is not None and cancelled():
+            raise Cancelled("cancelled during the CT segmentation")
+        has_points = points_xy is not None and len(points_xy) > 0
+        result = predict_zoomed(
+            segmenter, rgb_of(index), points_xy if has_points else None, labels if has_points else None, box, zoom
+        )
+        scores[index] = result.score
+        return result.mask
+
+    if not propagate:
+        if plan.roi_box is None:
+            raise SamFusionError("segmenting every slice needs an ROI (it gives each slice's box)")
+        indices = list(range(plan.first, plan.last + 1))
+        if batch_size is None:
+            batch_size = 1 if segmenter.model.device == "cpu" else 4
+        segmenter.embed_many([rgb_of(i) for i in indices], batch_size, progress, cancelled)
+        for index in indices:
+            points_xy, labels = plan.seeds.get(index, (None, None))
+            axes.put(mask, index, run(index, points_xy, labels, plan.roi_box))
+        return VolumeSegmentation(mask, scores, slice_axis)
+
+    width = volume_kji.shape[2 - axes.x_axis]
+    height = volume_kji.shape[2 - axes.y_axis]
+    total = plan.last - plan.first + 1
+    for seed, (points_xy, labels) in sorted(plan.seeds.items()):
+        seed_mask = run(seed, points_xy, labels, plan.roi_box)
+        axes.put(mask, seed, seed_mask)
+        for step in (-1, 1):
+            previous, index = seed_mask, seed + step
+            while plan.first <= index <= plan.last and previous.any() and index not in scores:
+                box = _clip_box(_mask_box(previous), plan.roi_box, width, height)
+                current = run(index, _interior_point(previous), np.array([1]), box)
+                if not current.any() or scores[index] < min_score or current.sum() > max_growth * previous.sum():
+                    scores.pop(index)
+                    break
+                axes.put(mask, index, current)
+                previous, index = current, index + step
+                if progress is not None:
+                    progress(len(scores), total)
+    return VolumeSegmentation(mask, scores, slice_axis)
