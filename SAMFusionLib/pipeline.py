@@ -30,7 +30,7 @@ import numpy as np
 
 from SAMFusionLib.errors import Cancelled, SamFusionError
 from SAMFusionLib.fusion.pyramid import FusionOptions, fuse
-from SAMFusionLib.imaging.geometry import ImageGeometry
+from SAMFusionLib.imaging.geometry import ImageGeometry, check_pixel_inside, clip_box
 from SAMFusionLib.imaging.grid2d import resample_onto
 from SAMFusionLib.imaging.intensity import resolve_range, to_sam_rgb
 from SAMFusionLib.imaging.plane import Plane, linear_from_fixed_ras
@@ -132,12 +132,9 @@ def check_inputs(inputs: PipelineInputs) -> None:
     if inputs.xray_prompts.empty:
         raise SamFusionError("no X-ray prompts: place at least one positive point or an ROI on the X-ray")
     height, width = inputs.xray.shape
-    points = np.asarray(inputs.xray_prompts.points_xy, float).reshape(-1, 2)
-    box = inputs.xray_prompts.box_xyxy
-    corners = points if box is None else np.r_[points, np.asarray(box, float).reshape(2, 2)]
-    outside = ~((corners >= -0.5) & (corners <= np.array([width, height]) - 0.5)).all(1)
-    if outside.any():
-        raise SamFusionError(f"an X-ray prompt lies outside the {width}x{height} image at pixel {corners[outside][0].round(1).tolist()}")
+    check_pixel_inside(np.asarray(inputs.xray_prompts.points_xy, float).reshape(-1, 2), height, width, "an X-ray point")
+    if inputs.xray_prompts.box_xyxy is not None:
+        clip_box(inputs.xray_prompts.box_xyxy, height, width)  # raises when no part of it is on the X-ray
 
 
 def run_pipeline(

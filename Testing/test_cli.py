@@ -86,9 +86,15 @@ def test_point_outside_image(capsys, png, checkpoint, tmp_path):
     assert_clean_failure(capsys, out, "(400, 60) lies outside the 160x120 image", "segment", png, "--point", 400, 60, "--checkpoint", checkpoint, "--out", out)
 
 
-def test_box_outside_image(capsys, png, checkpoint, tmp_path):
+def test_box_past_the_edge_is_clipped_and_a_box_wholly_outside_is_refused(capsys, png, checkpoint, tmp_path):
     out = tmp_path / "m.png"
-    assert_clean_failure(capsys, out, "box corner", "segment", png, "--box", 10, 10, 170, 50, "--checkpoint", checkpoint, "--out", out)
+    code, _, err = run(capsys, "segment", png, "--box", 10, 10, 170, 50, "--checkpoint", checkpoint, "--out", out)
+    assert code == 0
+    assert err.strip().splitlines() == ["samfusion: note: the box reaches past the 160x120 image; clipped to (10, 10, 159.5, 50)"]
+    assert cv2.imread(str(out), cv2.IMREAD_UNCHANGED).shape == (120, 160)
+    out.unlink()
+    assert_clean_failure(capsys, out, "box (165, 10, 200, 50) lies outside the 160x120 image",
+                         "segment", png, "--box", 165, 10, 200, 50, "--checkpoint", checkpoint, "--out", out)
 
 
 def test_nan_image(capsys, checkpoint, tmp_path):

@@ -7,6 +7,7 @@ The command modules import this one, never each other or ``main`` (which imports
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,11 @@ EXIT_SOME_FILES_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_QUALITY_FAILED = 3
 EXIT_CANCELLED = 130
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that staged outputs are cleaned up as for Ctrl-C."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -54,3 +60,18 @@ def load_model_from_args(args):
     if args.arch and args.checkpoint is None:
         raise SamFusionError("--arch applies only with --checkpoint")
     return load_model(args.model, args.checkpoint, args.arch, args.device)
+
+
+def holding_out_folder(command):
+    """Run a command that writes the folder ``args.out`` while holding that folder's lock: a second
+    command aimed at the same folder meanwhile is refused with one line instead of mixing outputs."""
+    from SAMFusionLib.imaging.atomic import locked_folder
+    from SAMFusionLib.imaging.io import check_out_folder
+
+    @functools.wraps(command)
+    def run(args) -> int:
+        check_out_folder(args.out)
+        with locked_folder(args.out):
+            return command(args)
+
+    return run

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from SAMFusionLib.cli.common import EXIT_SOME_FILES_FAILED, add_model_options, load_model_from_args
+from SAMFusionLib.cli.common import EXIT_SOME_FILES_FAILED, add_model_options, holding_out_folder, load_model_from_args
 from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.imaging.atomic import staged_folder
 from SAMFusionLib.imaging.io import check_out_folder
@@ -47,6 +47,7 @@ def label_reader(args):
     return lambda path, shape: labels_io.point_targets(index, path, shape)
 
 
+@holding_out_folder
 def cmd_evaluate(args) -> int:
     import cv2
 
@@ -90,6 +91,7 @@ def cmd_evaluate(args) -> int:
     return EXIT_SOME_FILES_FAILED if result.failures else 0
 
 
+@holding_out_folder
 def cmd_annotate(args) -> int:
     from SAMFusionLib.annotation.annotate import annotate_folder, annotate_volume, disk_cached_segmenter
     out = check_out_folder(args.out)

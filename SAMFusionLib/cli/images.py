@@ -13,9 +13,9 @@ from SAMFusionLib.errors import SamFusionError
 
 
 def cmd_segment(args) -> int:
-    from SAMFusionLib.imaging.geometry import check_pixel_inside, normalize_box
+    from SAMFusionLib.imaging.geometry import check_pixel_inside, clip_box, normalize_box
     from SAMFusionLib.imaging.intensity import check_finite_nonconstant, resolve_range, to_sam_rgb
-    from SAMFusionLib.imaging.io import check_output_path, read_image_2d, write_mask_2d
+    from SAMFusionLib.imaging.io import check_distinct, check_output_path, read_image_2d, write_mask_2d
     from SAMFusionLib.sam.segmenter import Segmenter
 
     points = pairs(args.point, "--point")
@@ -26,6 +26,7 @@ def cmd_segment(args) -> int:
         raise SamFusionError("--negative points need a --point or a --box as well")
     box = normalize_box(args.box) if args.box is not None else None
     out = check_output_path(args.out)
+    check_distinct([out], [args.image])
     image = read_image_2d(args.image)
     check_finite_nonconstant(image.array, Path(args.image).name)
     rgb = to_sam_rgb(image.array, resolve_range(image.array, args.window))
@@ -38,7 +39,10 @@ def cmd_segment(args) -> int:
     if all_points is not None:
         check_pixel_inside(all_points, height, width, "point")
     if box is not None:
-        check_pixel_inside(box.reshape(2, 2), height, width, "box corner")
+        box, clipped = clip_box(box, height, width)
+        if clipped:
+            print(f"samfusion: note: the box reaches past the {width}x{height} image; clipped to "
+                  f"({box[0]:g}, {box[1]:g}, {box[2]:g}, {box[3]:g})", file=sys.stderr)
     from SAMFusionLib.sam.zoom import predict_zoomed
 
     segmenter = Segmenter(load_model_from_args(args))

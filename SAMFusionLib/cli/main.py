@@ -10,11 +10,12 @@ only ``cli.common`` of the command line.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import warnings
 
 from SAMFusionLib.cli import bench, data, evaluate, images, run, train
-from SAMFusionLib.cli.common import EXIT_BAD_INPUT, EXIT_CANCELLED, Parser
+from SAMFusionLib.cli.common import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_TERMINATED, Parser, Terminated
 from SAMFusionLib.errors import SamFusionError
 
 
@@ -30,17 +31,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame):
+    # SIGTERM unwinds like Ctrl-C, so every staged output is removed on the way out.
+    raise Terminated()
+
+
+def _stopped(name: str, code: int, committed_before: int) -> int:
+    from SAMFusionLib.imaging.atomic import committed
+
+    done = committed()[committed_before:]
+    if done:
+        # The signal came after the outputs were committed: they are complete, and so is the command.
+        print(f"samfusion: {name} after the outputs were complete: {', '.join(str(p) for p in done)}", file=sys.stderr)
+        return 0
+    print(f"samfusion: error: {name}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning)
+    from SAMFusionLib.imaging.atomic import committed
+
+    committed_before = len(committed())
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except SamFusionError as error:
         print(f"samfusion: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Terminated:
+        return _stopped("terminated", EXIT_TERMINATED, committed_before)
     except KeyboardInterrupt:
-        print("samfusion: error: interrupted", file=sys.stderr)
-        return EXIT_CANCELLED
+        return _stopped("interrupted", EXIT_CANCELLED, committed_before)
+    except OSError as error:
+        # The file system refused something the up-front checks could not foresee (a disk that filled
+        # up, a folder removed meanwhile): one line, and the outputs' staging has been removed.
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"samfusion: error: {error.strerror or error}{where}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

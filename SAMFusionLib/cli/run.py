@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from SAMFusionLib.cli.common import EXIT_QUALITY_FAILED, add_model_options, load_model_from_args
+from SAMFusionLib.cli.common import EXIT_QUALITY_FAILED, add_model_options, holding_out_folder, load_model_from_args
 from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.imaging.atomic import staged_folder
 from SAMFusionLib.imaging.io import check_out_folder
@@ -118,6 +118,7 @@ def _file_scene(slicer_core, args):
     return assign_prompts(markups, ct, xray)
 
 
+@holding_out_folder
 def cmd_run(args) -> int:
     from SAMFusionLib.sam.segmenter import Segmenter
     from SAMFusionLib.scene.report_png import write_report_png

@@ -8,7 +8,7 @@ import numpy as np
 
 from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.fusion.pyramid import FusionOptions, fuse
-from SAMFusionLib.imaging.io import Image2D, atomic_write_image, check_output_path, grey_array, read_image_2d
+from SAMFusionLib.imaging.io import Image2D, atomic_write_image, check_distinct, check_output_path, grey_array, read_image_2d
 
 FUSED_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd", ".png")
 
@@ -26,6 +26,7 @@ def fuse_files(a_path: Path, b_path: Path, out: Path, levels: int = 3, mask_a: P
     import SimpleITK as sitk
 
     out = check_output_path(out, FUSED_SUFFIXES)
+    check_distinct([out], [a_path, b_path, mask_a, mask_b])
     a, b = read_image_2d(a_path), read_image_2d(b_path)
     _same_grid(a, b, "A and B")
     target = None

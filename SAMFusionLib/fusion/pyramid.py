@@ -164,6 +164,8 @@ def fuse_arrays(
     _check_pair(a, b)
     if not 0.0 <= options.match_threshold < 1.0:
         raise SamFusionError("match threshold must lie in [0, 1)")
+    if max_levels(a.shape) < 1:
+        raise SamFusionError(f"a {a.shape[1]}x{a.shape[0]} image is too small to fuse: each side needs at least 4 pixels")
     if options.levels < 1 or options.levels > max_levels(a.shape):
         raise SamFusionError(f"levels must lie in 1..{max_levels(a.shape)} for a {a.shape[1]}x{a.shape[0]} image, got {options.levels}")
     pyramid_a = laplacian_pyramid(a.astype(np.float32), options.levels)

@@ -130,6 +130,23 @@ def normalize_box(box_xyxy: np.ndarray | list[float]) -> np.ndarray:
     return np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])])
 
 
+def clip_box(box_xyxy: np.ndarray | list[float], height: int, width: int) -> tuple[np.ndarray, bool]:
+    """The box (x0, y0, x1, y1) clipped to an image of ``height`` x ``width``, and whether it was clipped.
+
+    Pixel centres are integers, so the image spans [-0.5, width - 0.5] x [-0.5, height - 0.5]; a
+    corner beyond that (an exclusive corner at ``width``, an ROI dragged past the edge) is pulled in
+    to the outer pixel edge. A box with no area, or none left inside the image, is an error.
+    """
+    box = normalize_box(box_xyxy)
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise SamFusionError(f"box ({box[0]:g}, {box[1]:g}, {box[2]:g}, {box[3]:g}) has no area")
+    low, high = np.array([-0.5, -0.5]), np.array([width - 0.5, height - 0.5])
+    clipped = np.r_[np.clip(box[:2], low, high), np.clip(box[2:], low, high)]
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        raise SamFusionError(f"box ({box[0]:g}, {box[1]:g}, {box[2]:g}, {box[3]:g}) lies outside the {width}x{height} image")
+    return clipped, bool(np.any(clipped != box))
+
+
 def roi_corners_ras(center_ras: np.ndarray, size_mm: np.ndarray, axes_ras: np.ndarray | None = None) -> np.ndarray:
     """The 8 corners (8, 3) of an ROI box given its RAS centre, edge lengths and (3, 3) axis columns.
 

@@ -73,6 +73,8 @@ def resolve_range(array: np.ndarray, window: str = "auto", percentiles: tuple[fl
             raise SamFusionError(
                 f"unknown window {window!r}: use auto, raw, percentile, {', '.join(CT_WINDOW_PRESETS)} or LEVEL,WIDTH"
             ) from None
+        if not (np.isfinite(level) and np.isfinite(width)):
+            raise SamFusionError(f"window {window!r} must be two finite numbers LEVEL,WIDTH")
         if width <= 0:
             raise SamFusionError(f"window width must be positive, got {width:g}")
     return IntensityRange(level - width / 2.0, level + width / 2.0)

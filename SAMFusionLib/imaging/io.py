@@ -6,16 +6,26 @@ come back numpy-ordered: 2D images (rows, columns[, 3]); volumes (k, j, i).
 
 from __future__ import annotations
 
+import gzip
+import os
+import struct
+import zlib
+from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from SAMFusionLib.errors import SamFusionError
-from SAMFusionLib.imaging.atomic import atomic_path
+from SAMFusionLib.imaging.atomic import atomic_path, check_writable_folder
 from SAMFusionLib.imaging.geometry import ImageGeometry
 
 MASK_SUFFIXES = (".png", ".nrrd", ".nii", ".nii.gz", ".mha", ".mhd")
+# The largest 2D image the commands accept. A radiograph is 2000-3000 px a side (4-9 MP); a 10000 px
+# square (100 MP) needs several GB in segmentation and fusion, so it is refused rather than let to
+# exhaust the machine's memory.
+MAX_PIXELS_2D = 40_000_000
 
 
 @dataclass
@@ -38,21 +48,108 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def _read_sitk(path: Path):
+@contextmanager
+def _quiet_itk():
+    """ITK and GDCM print warnings to stderr on their own; our error line says what matters."""
+    import SimpleITK as sitk
+
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """Header + voxel bytes that a NIfTI-1 or NIfTI-2 header announces, or None if it is not one."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            dims = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            offset = int(struct.unpack(order + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            dims = struct.unpack(order + "8q", header[16:80])
+            offset = struct.unpack(order + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    if not 1 <= dims[0] <= 7 or bitpix <= 0:
+        return None
+    voxels = int(np.prod([max(1, d) for d in dims[1 : dims[0] + 1]], dtype=np.int64))
+    return max(offset, 348) + voxels * bitpix // 8
+
+
+def _gzip_length(path: Path) -> int:
+    """Decompressed length of a gzip file; raises SamFusionError when the stream ends early."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        # ISIZE, the last 4 bytes, is the length mod 2**32 (of the last member): cheap, and checked
+        # against the header's size below; only on a mismatch is the whole stream read.
+        handle.seek(max(0, size - 4))
+        trailer = handle.read(4)
+    return struct.unpack("<I", trailer)[0] if len(trailer) == 4 else 0
+
+
+def _check_not_truncated(path: Path) -> None:
+    """A NIfTI file cut short reads as zeros in ITK without a complaint: compare with its header."""
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return
+    compressed = name.endswith(".gz")
+    try:
+        with (gzip.open(path, "rb") if compressed else path.open("rb")) as handle:
+            expected = _nifti_expected_bytes(handle.read(544))
+    except (OSError, EOFError, zlib.error):
+        raise SamFusionError(f"cannot read image {path}: not a readable {'gzip' if compressed else 'NIfTI'} file") from None
+    if expected is None:
+        return
+    if not compressed:
+        actual = path.stat().st_size
+    elif _gzip_length(path) == expected % 2**32:
+        return
+    else:
+        actual = 0
+        try:
+            with gzip.open(path, "rb") as handle:
+                while chunk := handle.read(1 << 22):
+                    actual += len(chunk)
+        except (EOFError, zlib.error, OSError):
+            raise SamFusionError(f"{path.name} is truncated: its compressed data end before the {expected} bytes its header announces") from None
+    if actual < expected:
+        raise SamFusionError(f"{path.name} is truncated: {actual} of the {expected} bytes its header announces")
+
+
+def _read_sitk(path: Path, max_pixels: int | None = None):
+    """Read a file or a DICOM series folder; ``max_pixels`` refuses a larger image from its header,
+    before its pixels are read."""
     import SimpleITK as sitk
 
     path = Path(path)
     if not path.exists():
         raise SamFusionError(f"file not found: {path}")
     try:
-        if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            names = reader.GetGDCMSeriesFileNames(str(path))
-            if not names:
-                raise SamFusionError(f"no DICOM series in folder {path}")
-            reader.SetFileNames(names)
+        with _quiet_itk():
+            if path.is_dir():
+                if not any(child.is_file() for child in path.iterdir()):
+                    raise SamFusionError(f"{path} is an empty folder, not an image or a DICOM series")
+                reader = sitk.ImageSeriesReader()
+                names = reader.GetGDCMSeriesFileNames(str(path))
+                if not names:
+                    raise SamFusionError(f"no DICOM series in folder {path}")
+                reader.SetFileNames(names)
+                return reader.Execute()
+            _check_not_truncated(path)
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            if max_pixels is not None:
+                reader.ReadImageInformation()
+                size = reader.GetSize()
+                if size[0] * size[1] > max_pixels:
+                    raise SamFusionError(f"{path.name} has {size[0]}x{size[1]} pixels; images up to {max_pixels // 1_000_000} megapixels are supported")
             return reader.Execute()
-        return sitk.ReadImage(str(path))
     except RuntimeError as error:
         detail = str(error).strip().splitlines()[-1][:160] if str(error).strip() else "unreadable"
         raise SamFusionError(f"cannot read image {path}: {detail}") from None
@@ -81,7 +178,7 @@ def read_image_2d(path: Path) -> Image2D:
     import SimpleITK as sitk
 
     path = Path(path)
-    image = _read_sitk(path)
+    image = _read_sitk(path, MAX_PIXELS_2D)
     _check_components(image, path)
     dimension = image.GetDimension()
     if dimension > 3:
@@ -111,22 +208,45 @@ def read_volume(path: Path) -> tuple[np.ndarray, ImageGeometry, object]:
 
 
 def check_output_path(path: Path, suffixes: tuple[str, ...] = MASK_SUFFIXES) -> Path:
-    """Validate an output path before any work is done: known suffix, existing folder."""
+    """Validate an output path before any work is done: known suffix, an existing folder that can be
+    written, and not a folder itself."""
     path = Path(path)
     if _suffix(path) not in suffixes:
         raise SamFusionError(f"unsupported output type {path.name!r}; use one of {', '.join(suffixes)}")
     if not path.parent.resolve().is_dir():
         raise SamFusionError(f"output folder does not exist: {path.parent}")
+    if path.is_dir():
+        raise SamFusionError(f"output {path} is a folder")
+    check_writable_folder(path.parent.resolve())
     return path
 
 
+def check_distinct(outputs: Iterable[Path | None], inputs: Iterable[Path | None]) -> None:
+    """Refuse an output that is one of the inputs (the same file, through links too) or another
+    output: writing it would destroy what is being read."""
+    def key(path: Path):
+        path = Path(path)
+        return (os.stat(path).st_dev, os.stat(path).st_ino) if path.exists() else ("new", str(path.resolve()))
+
+    seen = {key(p): Path(p) for p in inputs if p is not None}
+    for output in (p for p in outputs if p is not None):
+        other = seen.get(key(output))
+        if other is not None:
+            raise SamFusionError(f"output {output} is the same file as {other}; choose another output name")
+        seen[key(output)] = Path(output)
+
+
 def check_out_folder(path: Path) -> Path:
-    """Validate an output folder before any work: a folder (or nothing yet) in an existing folder."""
+    """Validate an output folder before any work: a folder (or nothing yet) in an existing folder,
+    where new files can be created."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise SamFusionError(f"--out {path} exists and is not a folder")
     if not path.resolve().parent.is_dir():
         raise SamFusionError(f"the folder that should hold {path} does not exist: {path.resolve().parent}")
+    check_writable_folder(path.resolve().parent)
+    if path.exists():
+        check_writable_folder(path)
     return path
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from SAMFusionLib.errors import SamFusionError
-from SAMFusionLib.imaging.atomic import atomic_path
+from SAMFusionLib.imaging.atomic import output_files
 from SAMFusionLib.imaging.grid2d import Grid2D
-from SAMFusionLib.imaging.io import atomic_write_image, check_output_path, grey_array, read_image_2d
+from SAMFusionLib.imaging.io import Image2D, check_distinct, check_output_path, grey_array, read_image_2d
 from SAMFusionLib.registration.register import RegistrationOptions, RegistrationResult, register_2d
 
 TRANSFORM_SUFFIXES = (".h5", ".tfm", ".hdf5", ".txt")
@@ -32,17 +32,26 @@ def _mask(path: Path | None, image_shape: tuple[int, int], what: str) -> np.ndar
     return mask > 0
 
 
-def write_transform(transform, path: Path) -> None:
-    """Write an ITK transform atomically (temporary file with the same suffix, then rename)."""
+def _resampled(moving: Image2D, fixed: Image2D, transform, png: bool):
+    """The moving image (grey) resampled onto the fixed grid; PNG output clamped to 0..255 bytes."""
     import SimpleITK as sitk
 
-    with atomic_path(path, Path(path).suffix) as tmp:
-        sitk.WriteTransform(transform, str(tmp))
+    source = moving.reference
+    if source.GetNumberOfComponentsPerPixel() > 1:
+        source = sitk.GetImageFromArray(grey_array(moving))
+        source.CopyInformation(moving.reference)
+    resampled = sitk.Resample(sitk.Cast(source, sitk.sitkFloat32), fixed.reference, transform, sitk.sitkLinear, 0.0)
+    return sitk.Cast(sitk.Clamp(resampled, sitk.sitkFloat32, 0, 255), sitk.sitkUInt8) if png else resampled
 
 
 def register_files(fixed_path: Path, moving_path: Path, out_transform: Path, fixed_mask: Path | None = None,
                    moving_mask: Path | None = None, transform: str = "nonrigid", out_resampled: Path | None = None,
                    out_report: Path | None = None) -> RegistrationResult:
+    """Register two image files and write the transform (+ resampled image, + JSON report).
+
+    All outputs are written under temporary names and committed together at the end: a failure
+    anywhere leaves every file that existed before as it was.
+    """
     import SimpleITK as sitk
 
     out_transform = check_output_path(out_transform, TRANSFORM_SUFFIXES)
@@ -50,6 +59,7 @@ def register_files(fixed_path: Path, moving_path: Path, out_transform: Path, fix
         check_output_path(out_resampled, IMAGE_SUFFIXES)
     if out_report is not None:
         check_output_path(out_report, (".json",))
+    check_distinct([out_transform, out_resampled, out_report], [fixed_path, moving_path, fixed_mask, moving_mask])
     fixed, moving = read_image_2d(fixed_path), read_image_2d(moving_path)
     fixed_grid, moving_grid = Grid2D.from_sitk(fixed.reference), Grid2D.from_sitk(moving.reference)
     result = register_2d(
@@ -57,25 +67,11 @@ def register_files(fixed_path: Path, moving_path: Path, out_transform: Path, fix
         _mask(fixed_mask, fixed.array.shape[:2], "fixed"), _mask(moving_mask, moving.array.shape[:2], "moving"),
         RegistrationOptions(transform=transform),
     )
-    written = []
-    try:
-        write_transform(result.sitk_transform, out_transform)
-        written.append(out_transform)
-        if out_resampled is not None:
-            source = moving.reference
-            if source.GetNumberOfComponentsPerPixel() > 1:
-                source = sitk.GetImageFromArray(grey_array(moving))
-                source.CopyInformation(moving.reference)
-            resampled = sitk.Resample(sitk.Cast(source, sitk.sitkFloat32), fixed.reference, result.sitk_transform, sitk.sitkLinear, 0.0)
-            if out_resampled.name.lower().endswith(".png"):
-                resampled = sitk.Cast(sitk.Clamp(resampled, sitk.sitkFloat32, 0, 255), sitk.sitkUInt8)
-            atomic_write_image(resampled, out_resampled)
-            written.append(out_resampled)
-        if out_report is not None:
-            out_report.write_text(json.dumps(result.report, indent=2))
-            written.append(out_report)
-    except Exception:
-        for path in written:  # nothing half-done: all outputs or none
-            Path(path).unlink(missing_ok=True)
-        raise
+    with output_files(out_transform, out_resampled, out_report) as (transform_tmp, resampled_tmp, report_tmp):
+        sitk.WriteTransform(result.sitk_transform, str(transform_tmp))
+        if resampled_tmp is not None:
+            image = _resampled(moving, fixed, result.sitk_transform, out_resampled.name.lower().endswith(".png"))
+            sitk.WriteImage(image, str(resampled_tmp), True)
+        if report_tmp is not None:
+            report_tmp.write_text(json.dumps(result.report, indent=2))
     return result

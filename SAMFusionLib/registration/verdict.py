@@ -58,6 +58,18 @@ def warp_mask(mask: np.ndarray, grid: Grid2D, reference_grid: Grid2D, sitk_trans
     return resample_onto(mask.astype(np.uint8), grid, reference_grid, sitk_transform, nearest=True).astype(bool)
 
 
+# Fixed and moving images of one anatomy differ in physical size by their fields of view and the
+# X-ray's magnification (1.1-1.5x); a factor above this means a spacing is wrong.
+MAX_SIZE_RATIO = 10.0
+
+
+def physical_size_ratio(a: Grid2D, b: Grid2D) -> float:
+    """The larger of the two images' ratios of physical width and of physical height (>= 1)."""
+    size_a = np.asarray(a.shape_hw[::-1], float) * a.spacing
+    size_b = np.asarray(b.shape_hw[::-1], float) * b.spacing
+    return float(np.max(np.maximum(size_a / size_b, size_b / size_a)))
+
+
 def quality_check(fixed_mask, fixed_grid, moving_mask, moving_grid, sitk_transform, transform: Transform2D, options) -> tuple[bool, str, dict]:
     """Pass/fail with its reason, and the figures behind it."""
     import SimpleITK as sitk
@@ -68,6 +80,11 @@ def quality_check(fixed_mask, fixed_grid, moving_mask, moving_grid, sitk_transfo
     summary = transform.summary()
     scale = float(np.exp(summary["log_scale"]))
     if fixed_mask is None:
+        # Without masks only the transform's own plausibility can be checked; images whose physical
+        # sizes differ by far more than any X-ray magnification almost always carry a wrong spacing.
+        ratio = physical_size_ratio(fixed_grid, moving_grid)
+        if ratio > MAX_SIZE_RATIO:
+            return False, f"the images' physical sizes differ {ratio:.3g}x (pixel spacings {fixed_grid.spacing.mean():.3g} and {moving_grid.spacing.mean():.3g} mm): check their spacing", {}
         ok = 0.5 < scale < 2.0
         return ok, "intensity-only registration: no mask check possible" if ok else f"implausible scale {scale:.2f}", {}
     identity = sitk.AffineTransform(2)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from SAMFusionLib.errors import Cancelled, SamFusionError
-from SAMFusionLib.imaging.geometry import check_pixel_inside, normalize_box
+from SAMFusionLib.imaging.geometry import check_pixel_inside, clip_box
 from SAMFusionLib.sam.embedding_cache import Embedding, EmbeddingCache, image_key
 from SAMFusionLib.sam.models import LoadedModel
 
@@ -195,8 +195,7 @@ class Segmenter:
                 raise SamFusionError("each point needs a label, 1 (positive) or 0 (negative)")
             check_pixel_inside(coords, height, width, "point")
         if box_xyxy is not None:
-            box = normalize_box(box_xyxy)
-            check_pixel_inside(box.reshape(2, 2), height, width, "box corner")
+            box, _ = clip_box(box_xyxy, height, width)
         full_logits, scores, logits = self.predictor.predict(
             point_coords=coords, point_labels=label_array, box=box, mask_input=mask_input, multimask_output=multimask, return_logits=True
         )
