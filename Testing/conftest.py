@@ -52,3 +52,25 @@ def demo_model():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tiny_model, tmp_path_factory) -> Path:
+    """The random tiny model saved as a checkpoint file, for ``--checkpoint`` in command tests."""
+    import torch
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    torch.save(tiny_model.sam.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def png(tmp_path) -> Path:
+    """A 160x120 grey PNG with a bright disc of radius 25 px centred at pixel (80, 60)."""
+    import cv2
+
+    image = np.zeros((120, 160), np.uint8)
+    cv2.circle(image, (80, 60), 25, 200, -1)
+    path = tmp_path / "image.png"
+    cv2.imwrite(str(path), image)
+    return path

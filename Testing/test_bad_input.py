@@ -17,28 +17,11 @@ import cv2
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from SAMFusionLib.cli.main import main
 from SAMFusionLib.imaging.atomic import deferred_interrupts, locked_folder, output_files
 
 SAMFUSION = [sys.executable, "-c", "import sys; from SAMFusionLib.cli.main import main; sys.exit(main())"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_model, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save(tiny_model.sam.state_dict(), path)
-    return path
-
-
-@pytest.fixture
-def png(tmp_path) -> Path:
-    image = np.zeros((120, 160), np.uint8)
-    cv2.circle(image, (80, 60), 25, 200, -1)
-    path = tmp_path / "image.png"
-    cv2.imwrite(str(path), image)
-    return path
 
 
 @pytest.fixture
