@@ -32,7 +32,7 @@ from SAMFusionLib.errors import Cancelled, SamFusionError
 from SAMFusionLib.fusion.pyramid import FusionOptions, fuse
 from SAMFusionLib.imaging.geometry import ImageGeometry, check_pixel_inside, clip_box
 from SAMFusionLib.imaging.grid2d import resample_onto
-from SAMFusionLib.imaging.intensity import resolve_range, to_sam_rgb
+from SAMFusionLib.imaging.intensity import check_finite_nonconstant, resolve_range, to_sam_rgb
 from SAMFusionLib.imaging.plane import Plane, linear_from_fixed_ras
 from SAMFusionLib.registration.prompt_shapes import prompt_box_masks, to_fixed_plane
 from SAMFusionLib.registration.radiograph import Radiograph, perspective_for, project_ct, project_ct_perspective, resample, view_geometry
@@ -124,6 +124,8 @@ def check_inputs(inputs: PipelineInputs) -> None:
         raise SamFusionError(f"the CT array {inputs.ct_kji.shape} does not match its geometry {inputs.ct_geometry.shape_kji}")
     if inputs.xray.ndim != 2 or tuple(inputs.xray.shape) != tuple(inputs.xray_plane.shape_hw):
         raise SamFusionError(f"the X-ray must be one 2D image matching its plane, got an array of shape {inputs.xray.shape}")
+    check_finite_nonconstant(inputs.ct_kji, "the CT")
+    check_finite_nonconstant(inputs.xray, "the X-ray")
     prompts = inputs.ct_prompts
     if len(prompts.points_ras) == 0 and prompts.roi_corners_ras is None:
         raise SamFusionError("no CT prompts: place at least one positive point or an ROI on the CT")

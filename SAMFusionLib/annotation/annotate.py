@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from SAMFusionLib.annotation.labels_io import LabelError, Target, list_images, read_grey
-from SAMFusionLib.errors import SamFusionError
+from SAMFusionLib.errors import Cancelled, SamFusionError
 from SAMFusionLib.imaging.atomic import atomic_path
 
 MASK_FORMATS = {"png": ".png", "nrrd": ".nrrd", "nii": ".nii.gz"}
@@ -120,7 +120,9 @@ def annotate_folder(images_dir: Path, targets_of: Callable, out: Path, segmenter
             image = read_grey(path)
             targets = targets_of(path, image.shape)
             results = segment_targets(segmenter, image, targets, zoom)
-        except LabelError as error:
+        except Cancelled:
+            raise
+        except SamFusionError as error:  # this image or its labels (a box with no area, say): reported, the run goes on
             summary.failures[path.name] = str(error)
             continue
         write_label_map(label_map([m for m, _ in results], image.shape), mask_path)

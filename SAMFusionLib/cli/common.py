@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,18 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so that staged outputs are cleaned up as for Ctrl-C."""
 
 
+# argparse takes "-1e-05" or "-inf" for an option (its own pattern knows only "-3" and "-3.5"), so
+# "--point -1e-05 4" failed with "unrecognized arguments": every number is a value here.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line like every other error."""
+    """argparse, but usage errors are one line like every other error, and negative numbers in any
+    notation are values."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def error(self, message: str) -> None:  # noqa: D401 - argparse's API
         raise SamFusionError(message)

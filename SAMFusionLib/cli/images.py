@@ -31,6 +31,7 @@ def cmd_segment(args) -> int:
     check_finite_nonconstant(image.array, Path(args.image).name)
     rgb = to_sam_rgb(image.array, resolve_range(image.array, args.window))
     all_points = labels = None
+    clipped = False
     if points is not None or negatives is not None:
         parts = [p for p in (points, negatives) if p is not None]
         all_points = np.vstack(parts)
@@ -40,14 +41,14 @@ def cmd_segment(args) -> int:
         check_pixel_inside(all_points, height, width, "point")
     if box is not None:
         box, clipped = clip_box(box, height, width)
-        if clipped:
-            print(f"samfusion: note: the box reaches past the {width}x{height} image; clipped to "
-                  f"({box[0]:g}, {box[1]:g}, {box[2]:g}, {box[3]:g})", file=sys.stderr)
     from SAMFusionLib.sam.zoom import predict_zoomed
 
     segmenter = Segmenter(load_model_from_args(args))
     result = predict_zoomed(segmenter, rgb, all_points, labels, box, args.zoom)
     write_mask_2d(result.mask, out, image.reference)
+    if clipped:
+        print(f"samfusion: note: the box reaches past the {width}x{height} image; clipped to "
+              f"({box[0]:g}, {box[1]:g}, {box[2]:g}, {box[3]:g})", file=sys.stderr)
     print(json.dumps({"out": str(out), "score": round(result.score, 4), "pixels": int(result.mask.sum()), "model": segmenter.model.model_id}))
     return 0
 

@@ -83,32 +83,12 @@ def _demo_scene(slicer_core):
     return add_case_nodes(slicer_core.scene, case.inputs, "phantom CT", "phantom X-ray", "kidney_left"), case
 
 
-def _read_ct(path: Path):
-    """((k, j, i) array, geometry) of a CT volume, or of a 2D CT image as one slice (the paper's case)."""
-    import SimpleITK as sitk
-
-    from SAMFusionLib.imaging.io import grey_array, read_image_2d, read_volume
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-        flat = reader.GetDimension() == 2 or (reader.GetDimension() == 3 and reader.GetSize()[2] == 1)
-    except RuntimeError:
-        flat = False  # let read_volume give its one-line error
-    if flat:
-        image = read_image_2d(path)
-        return grey_array(image)[None], image.geometry
-    array, geometry, _ = read_volume(path)
-    return array, geometry
-
-
 def _file_scene(slicer_core, args):
-    from SAMFusionLib.imaging.io import grey_array, read_image_2d
+    from SAMFusionLib.imaging.io import grey_array, read_image_2d, read_volume_or_slice
     from SAMFusionLib.imaging.plane import Plane
 
     scene = slicer_core.scene
-    ct_kji, ct_geometry = _read_ct(args.ct)
+    ct_kji, ct_geometry = read_volume_or_slice(args.ct)
     xray_image = read_image_2d(args.xray)
     ct = mrml.add_volume(scene, ct_kji, ct_geometry, Path(args.ct).name.split(".")[0] or "CT")
     xray = mrml.add_image_2d(scene, grey_array(xray_image), Plane.from_geometry(xray_image.geometry), Path(args.xray).name.split(".")[0] or "X-ray")

@@ -49,16 +49,36 @@ def _suffix(path: Path) -> str:
 
 
 @contextmanager
-def _quiet_itk():
-    """ITK and GDCM print warnings to stderr on their own; our error line says what matters."""
+def quiet_native_output():
+    """ITK, GDCM, MetaIO and VTK print warnings and parse errors on their own, straight to file
+    descriptor 2; our one error line says what matters, so their output is dropped while we read."""
+    import sys
+    import tempfile
+
     import SimpleITK as sitk
 
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def _itk_reason(error: RuntimeError) -> str:
+    """The reason in an ITK exception, without its source location and object address."""
+    text = str(error).strip()
+    for line in text.splitlines():
+        if "ITK ERROR:" in line:
+            reason = line.split("ITK ERROR:", 1)[1]
+            return (reason.split("): ", 1)[1] if "): " in reason else reason).strip()[:160]
+    return text.splitlines()[-1][:160] if text else "unreadable"
 
 
 def _nifti_expected_bytes(header: bytes) -> int | None:
@@ -131,7 +151,7 @@ def _read_sitk(path: Path, max_pixels: int | None = None):
     if not path.exists():
         raise SamFusionError(f"file not found: {path}")
     try:
-        with _quiet_itk():
+        with quiet_native_output():
             if path.is_dir():
                 if not any(child.is_file() for child in path.iterdir()):
                     raise SamFusionError(f"{path} is an empty folder, not an image or a DICOM series")
@@ -151,8 +171,7 @@ def _read_sitk(path: Path, max_pixels: int | None = None):
                     raise SamFusionError(f"{path.name} has {size[0]}x{size[1]} pixels; images up to {max_pixels // 1_000_000} megapixels are supported")
             return reader.Execute()
     except RuntimeError as error:
-        detail = str(error).strip().splitlines()[-1][:160] if str(error).strip() else "unreadable"
-        raise SamFusionError(f"cannot read image {path}: {detail}") from None
+        raise SamFusionError(f"cannot read image {path}: {_itk_reason(error)}") from None
 
 
 def _geometry_3d(image) -> ImageGeometry:
@@ -205,6 +224,27 @@ def read_volume(path: Path) -> tuple[np.ndarray, ImageGeometry, object]:
     if image.GetDimension() != 3:
         raise SamFusionError(f"{path.name} is {image.GetDimension()}D; expected a 3D volume")
     return sitk.GetArrayFromImage(image), _geometry_3d(image), image
+
+
+def read_volume_or_slice(path: Path) -> tuple[np.ndarray, ImageGeometry]:
+    """((k, j, i) float array, geometry) of a CT volume, or of a 2D image as one slice (the paper's
+    case of a CT image)."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with quiet_native_output():
+            reader.ReadImageInformation()
+        flat = reader.GetDimension() == 2 or (reader.GetDimension() == 3 and reader.GetSize()[2] == 1)
+    except RuntimeError:
+        flat = False  # read_volume gives the one-line error
+    if flat:
+        image = read_image_2d(path)
+        return grey_array(image)[None], image.geometry
+    array, geometry, _ = read_volume(path)
+    return array, geometry
 
 
 def check_output_path(path: Path, suffixes: tuple[str, ...] = MASK_SUFFIXES) -> Path:

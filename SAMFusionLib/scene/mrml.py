@@ -26,6 +26,7 @@ import numpy as np
 
 from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.imaging.geometry import ImageGeometry
+from SAMFusionLib.imaging.io import quiet_native_output
 from SAMFusionLib.imaging.plane import Plane
 
 
@@ -236,7 +237,11 @@ def load_markups(scene, path: Path):
     storage = scene.AddNewNodeByClass(storage_class if scene.IsNodeClassRegistered(storage_class) else "vtkMRMLMarkupsJsonStorageNode")
     storage.SetFileName(str(path))
     node.SetAndObserveStorageNodeID(storage.GetID())
-    if not storage.ReadData(node) or (kind == "Fiducial" and node.GetNumberOfControlPoints() == 0):
+    with quiet_native_output():  # MRML logs its parse warnings itself; our error line says what failed
+        read = storage.ReadData(node)
+    if not read or (kind == "Fiducial" and node.GetNumberOfControlPoints() == 0):
+        scene.RemoveNode(node)  # the scene as it was: no empty node left behind
+        scene.RemoveNode(storage)
         raise SamFusionError(f"{path.name}: no prompts could be read")
     node.SetName(name)
     return node
