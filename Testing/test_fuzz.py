@@ -281,6 +281,35 @@ def test_annotate(checkpoint, images, labels):
             assert all(line.startswith("samfusion: failed: ") for line in lines), lines
 
 
+@fuzz(12)
+@given(images=st.lists(image_specs(), min_size=1, max_size=2), masks=st.lists(mask_specs(), min_size=2, max_size=2),
+       protocol=st.sampled_from(["prompted", "automatic", "both"]), prompt=st.sampled_from(["point", "box"]),
+       areas=st.tuples(st.integers(-5, 50), st.integers(-5, 5000)), bootstrap=st.integers(-1, 50))
+def test_evaluate(images, masks, protocol, prompt, areas, bootstrap):
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        (folder / "images").mkdir()
+        (folder / "masks").mkdir()
+        for index, spec in enumerate(images):
+            image = write_image(spec, folder / "images", f"im{index}")
+            if image.is_file():
+                write_mask(masks[index], folder / "masks", f"im{index}", image)
+        out = folder / "out"
+        argv = ["evaluate", folder / "images", "--masks", folder / "masks", "--protocol", protocol, "--prompt", prompt,
+                "--min-area", areas[0], "--max-area", areas[1], "--bootstrap", bootstrap, "--points-per-side", 4,
+                "--model", "samfusion-demo", "--no-classical", "--out", out]
+        code, lines = run_captured(argv)
+        # 0: the table; 1: some images could not be scored, each reported in one line; 2: bad input.
+        assert code in (0, 1, 2), lines
+        if code == 2:
+            assert len(lines) == 1 and lines[0].startswith("samfusion: error: "), lines
+            assert not out.exists()
+        else:
+            table = json.loads((out / "table.json").read_text())
+            assert (code == 1) == bool(table["failures"])
+            assert (out / "table.md").exists() and (out / "overlays.png").exists()
+
+
 MARKUPS = st.one_of(
     st.just('{"markups": [{"type": "Fiducial", "controlPoints": [{"position": [0, 0, 0]}]}]}'),
     st.just('{"markups": [{"type": "ROI", "center": [0, 0, 0], "size": [1e9, 1e9, 1e9]}]}'),
