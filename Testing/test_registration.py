@@ -292,18 +292,18 @@ def test_a_uniform_erosion_or_dilation_of_one_mask_is_absorbed_not_fitted(change
 
 
 def test_the_field_weighs_samples_by_how_far_inside_the_moving_image_they_fall():
-    from SAMFusionLib.registration.register import _Level
+    from SAMFusionLib.registration.levels import Level
 
     grid = Grid2D.isotropic((10, 12), 1.0)
     image = np.random.default_rng(0).random((10, 12)).astype(np.float32)
-    level = _Level(1, [image], [image], grid, grid, (0, 11, 0, 9), 6.0, control_shape=(4, 4))
+    level = Level(1, [image], [image], grid, grid, (0, 11, 0, 9), 6.0, control_shape=(4, 4))
     shifted = Transform2D(np.zeros(2), np.array([2.5, 0.0]), control_shape=(4, 4))  # every sample 2.5 px to the right
     assert level.warp(shifted, nonrigid=False)[1] is None  # the linear stages count every pixel
     _, weight = level.warp(shifted, nonrigid=True)
     columns = np.arange(12)
     expected = np.clip(11 + 1 - (columns + 2.5), 0, 1)  # 1 inside, a linear ramp over the last pixel, 0 beyond
     np.testing.assert_allclose(weight[0, 0].numpy(), np.tile(expected, (10, 1)), atol=1e-6)
-    assert not level.collimated and _Level(1, [image], [image], grid, grid, (2, 9, 1, 8), 6.0, control_shape=(4, 4)).collimated
+    assert not level.collimated and Level(1, [image], [image], grid, grid, (2, 9, 1, 8), 6.0, control_shape=(4, 4)).collimated
 
 
 def test_unknown_model_selection_is_a_clear_error():

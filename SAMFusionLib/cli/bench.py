@@ -16,10 +16,25 @@ def cmd_bench(args) -> int:
         print(json.dumps(figures) if args.json else format_figures(figures))
         return 0
     if args.what == "register":
-        from SAMFusionLib.bench.register import format_table, run_benchmark
+        from SAMFusionLib.bench.register import format_table, make_cases, run_benchmark
+        from SAMFusionLib.bench.register_scale import cold_figures, format_sweep, size_sweep
 
         figures = run_benchmark(args.cases)
-        print(json.dumps(figures) if args.json else format_table(figures))
+        cases = make_cases(args.cases)
+        if args.cold:
+            figures["cold"] = cold_figures(cases)
+        if args.sweep_cases:
+            figures["size_sweep"] = size_sweep(cases[: args.sweep_cases])
+        if args.json:
+            print(json.dumps(figures))
+            return 0
+        print(format_table(figures))
+        if "cold" in figures:
+            cold = figures["cold"]
+            print(f"\nsamfusion cold (a fresh `samfusion register` per case, wall time from start to exit): {cold['cold_seconds_per_case']:.2f} s / case, "
+                  f"median TRE {cold['median_tre_mm']:.3f} mm, success {cold['success_rate']:.2f}, peak RSS {cold['peak_rss_mb']:.0f} MB")
+        if "size_sweep" in figures:
+            print("\n" + format_sweep(figures["size_sweep"], args.sweep_cases))
         return 0
     if args.what == "fuse":
         from SAMFusionLib.bench.fusion import format_table, run_benchmark
@@ -38,6 +53,8 @@ def add_parser(commands) -> None:
     bench = commands.add_parser("bench", help="benchmarks that print figures")
     bench.add_argument("what", choices=["segment", "fuse", "register", "demo-model"])
     bench.add_argument("--cases", type=int, default=20, help="register: number of cases")
+    bench.add_argument("--no-cold", dest="cold", action="store_false", help="register: skip the cold column (a fresh process per case)")
+    bench.add_argument("--sweep-cases", type=int, default=3, help="register: cases in the 400/1000/2000 px size sweep (0: none)")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.add_argument("--slices", type=int, default=8, help="segment: ROI slices to segment (>= 8)")
     bench.add_argument("--batch-size", type=int, help="segment: slices per encoder call (default 1 on CPU, 4 on GPU)")

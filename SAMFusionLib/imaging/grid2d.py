@@ -69,3 +69,28 @@ def resample_onto(image: np.ndarray, grid: Grid2D, target: Grid2D, transform, ne
     target.apply_to(reference)
     interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
     return sitk.GetArrayFromImage(sitk.Resample(source, reference, transform, interpolator, 0.0))
+
+
+def downsampled(image: np.ndarray, grid: Grid2D, max_side: int, mask: bool = False) -> tuple[np.ndarray, Grid2D]:
+    """An (H, W) image (or bool mask) area-averaged so that its longer side is at most ``max_side``
+    pixels, with the grid that covers the same physical extent (as it is, when already small enough).
+
+    The new pixels tile the old image edge to edge: spacing grows by W / W' (and H / H'), and the first
+    pixel centre moves by half the growth. A mask keeps the pixels at least half covered (or, for a
+    target smaller than one new pixel, those it touches).
+    """
+    import cv2
+
+    height, width = image.shape[:2]
+    if max(height, width) <= max_side:
+        return image, grid
+    scale = max(height, width) / max_side
+    new_width, new_height = max(1, round(width / scale)), max(1, round(height / scale))
+    growth = np.array([width / new_width, height / new_height])
+    coarse = Grid2D((new_height, new_width), grid.spacing * growth,
+                    grid.origin + grid.direction @ (grid.spacing * (growth - 1) / 2), grid.direction)
+    resized = cv2.resize(np.asarray(image, np.float32), (new_width, new_height), interpolation=cv2.INTER_AREA)
+    if not mask:
+        return resized, coarse
+    kept = resized >= 0.5
+    return (kept if kept.any() else resized > 0), coarse

@@ -166,7 +166,7 @@ def _read_sitk(path: Path, max_pixels: int | None = None):
             reader.SetFileName(str(path))
             if max_pixels is not None:
                 reader.ReadImageInformation()
-                size = reader.GetSize()
+                size = (*reader.GetSize(), 1)  # a 1D file has one size
                 if size[0] * size[1] > max_pixels:
                     raise SamFusionError(f"{path.name} has {size[0]}x{size[1]} pixels; images up to {max_pixels // 1_000_000} megapixels are supported")
             return reader.Execute()
@@ -200,7 +200,7 @@ def read_image_2d(path: Path) -> Image2D:
     image = _read_sitk(path, MAX_PIXELS_2D)
     _check_components(image, path)
     dimension = image.GetDimension()
-    if dimension > 3:
+    if dimension > 3 or dimension < 2:
         raise SamFusionError(f"{path.name} is {dimension}D; expected a 2D image")
     if dimension == 3:
         if image.GetSize()[2] != 1:

@@ -192,6 +192,9 @@ def perspective_integral(volume_kji: np.ndarray, geometry: ImageGeometry, perspe
         points = perspective.source_ras + (along[block, None, None] + steps[None, :, None]) * directions[block, None, :]
         ijk = points @ to_ijk[:3, :3].T + to_ijk[:3, 3]
         normalised = 2.0 * ijk / np.maximum(size_ijk - 1, 1) - 1.0  # align_corners=True: index 0 -> -1, n-1 -> +1
+        # Outside the volume samples are 0 at any distance; bounded, so that grid_sample never sees
+        # the huge or non-finite coordinates that crash its CPU kernel (pytorch/pytorch#24823).
+        normalised = np.clip(np.nan_to_num(normalised, nan=2.0, posinf=2.0, neginf=-2.0), -2.0, 2.0)
         grid = torch.as_tensor(normalised, dtype=torch.float32)[None, None]  # (1, 1, rays, samples, 3) as (x=i, y=j, z=k)
         values = torch.nn.functional.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         integral[block] = values[0, 0, 0].sum(-1).double().numpy() * step_mm

@@ -4,7 +4,7 @@ Fixed and moving images each have a ``Grid2D`` (ITK physical frame). The transfo
 points to moving points (ITK's resampling convention). Steps:
 1. initialise from mask moments: centroids (translation), principal axes (rotation, both
    directions tried), area ratio (scale);
-2. optimise with L-BFGS (``schedule``): rigid -> similarity -> affine at the coarsest level
+2. optimise with L-BFGS (``schedule``, ``lbfgs.minimise``): rigid -> similarity -> affine at the coarsest level
    (pixel factor 4), the affine refined at factors 2 and 1; then, for a non-rigid result, a
    displacement on a control grid (cubic, bending penalty) coarse to fine again. Below the
    coarsest linear stages the moving mask's contour may also shift uniformly (``MaskOffset``):
@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from SAMFusionLib.errors import Cancelled, SamFusionError
-from SAMFusionLib.imaging.grid2d import Grid2D
-from SAMFusionLib.registration.match_loss import match_loss, ngf_loss, sobel, soft_mask
-from SAMFusionLib.registration.transforms2d import STAGES, Transform2D, cubic_weights
+from SAMFusionLib.imaging.grid2d import Grid2D, downsampled
+from SAMFusionLib.registration.lbfgs import minimise
+from SAMFusionLib.registration.levels import Level
+from SAMFusionLib.registration.match_loss import match_loss, ngf_loss, soft_mask
+from SAMFusionLib.registration.transforms2d import STAGES, Transform2D
 from SAMFusionLib.registration.verdict import gradient_correlation_after, mask_mismatch, quality_check
 
 
@@ -87,6 +89,10 @@ class RegistrationOptions:
     # present). Apple MPS lacks float64, which the transform uses, so it is refused.
     device: str = "cpu"
     ngf_epsilon: float = 0.2  # on standardised images; larger ignores weak (noisy) gradients (0.05 -> 0.2: median TRE 0.96 -> 0.78 mm)
+    # Larger images are registered on area-averaged working copies of at most this many pixels a
+    # side (a 2000 px radiograph at 0.16 mm: 205 s and 2.2 GB at full size). The transform is
+    # physical, so it is the full images' transform too; the levels above are factors of the working copy.
+    max_working_px: int = 640
 
 
 @dataclass
@@ -147,69 +153,7 @@ class MaskOffset:
         return self.bound_mm * torch.tanh(self.raw)
 
 
-class _Level:
-    """Maps of one resolution level: fixed maps on a coarse grid, moving maps to sample.
-
-    ``exposed`` is the moving image's exposed rectangle (x0, x1, y0, y1), inclusive pixel indices.
-    ``warp`` weighs each fixed pixel by how far its sample lies inside it (1 inside, 0 a pixel or
-    more outside, linear between, like a bilinear sampling of a 0/1 image; differentiable).
-    """
-
-    def __init__(self, factor: int, fixed_maps, moving_maps, fixed_grid: Grid2D, moving_grid: Grid2D,
-                 exposed: tuple[int, int, int, int], radius_mm: float, control_shape: tuple[int, int] = (10, 10), device="cpu"):
-        import cv2
-        import torch
-        import torch.nn.functional as F
-
-        self.fixed = [F.avg_pool2d(torch.as_tensor(m, device=device)[None, None], factor, ceil_mode=True) for m in fixed_maps]
-        self.fixed_gradients = [sobel(m) for m in self.fixed]  # constant: computed once, not at every iteration
-        height, width = self.fixed[0].shape[-2:]
-        ys, xs = np.mgrid[0:height, 0:width].astype(float)
-        index = np.c_[xs.ravel(), ys.ravel()] * factor + (factor - 1) / 2.0
-        self.shape = (height, width)
-        self.points = torch.as_tensor(fixed_grid.to_physical(index), dtype=torch.float64, device=device)
-        full_height, full_width = fixed_grid.shape_hw
-        self.weights_y = cubic_weights(ys[:, 0] * factor + (factor - 1) / 2.0, full_height, control_shape[0]).to(device)
-        self.weights_x = cubic_weights(xs[0] * factor + (factor - 1) / 2.0, full_width, control_shape[1]).to(device)
-        sigma = max(0.0, 0.5 * factor * fixed_grid.spacing.mean() / moving_grid.spacing.mean())
-        # One (1, C, H, W) stack: a single sampling (and its backward) serves all moving maps.
-        self.moving = torch.as_tensor(np.stack([cv2.GaussianBlur(m, (0, 0), sigma) if sigma > 0.3 else m for m in moving_maps]), device=device)[None]
-        self.exposed = exposed
-        self.collimated = exposed != (0, moving_grid.shape_hw[1] - 1, 0, moving_grid.shape_hw[0] - 1)
-        to_index = np.linalg.inv(moving_grid.index_to_physical_matrix)
-        self.to_moving_index = torch.as_tensor(to_index, dtype=torch.float64, device=device)
-        self.moving_origin = torch.as_tensor(moving_grid.origin, dtype=torch.float64, device=device)
-        self.moving_hw = moving_grid.shape_hw
-        self.radius_mm = radius_mm  # the mask maps' clipping radius at this level
-
-    def warp(self, transform: Transform2D, nonrigid: bool) -> tuple[list, object]:
-        """The moving maps sampled at the level's fixed points, each (1, 1, H, W), and the exposure
-        weight (1, 1, H, W) of those samples for the intensity term, or None where it counts all.
-
-        The non-rigid field counts only pixels the moving image shows: outside, the border-padded
-        samples are streaks whose gradients the field would chase (it wandered up to 18 mm on an
-        affine case). The linear stages keep them, unless a collimator frames the image (its edge
-        would pull): their few parameters cannot chase streaks, and weighting there made 3 of 16
-        phantom pipelines worse: 1.1, 1.1, 3.3 -> 3.5, 6.3, 8.8 mm.
-        """
-        import torch
-        import torch.nn.functional as F
-
-        displacement = transform.displacement_on_lattice(self.weights_y, self.weights_x) if nonrigid else None
-        moved = transform(self.points, nonrigid=nonrigid, displacement=displacement)
-        index = ((moved - self.moving_origin) @ self.to_moving_index.T).float()
-        height, width = self.moving_hw
-        x, y = index[:, 0], index[:, 1]
-        sample = torch.stack([2 * x / (width - 1) - 1, 2 * y / (height - 1) - 1], -1).reshape(1, *self.shape, 2)
-        stack = F.grid_sample(self.moving, sample, mode="bilinear", padding_mode="border", align_corners=True)
-        if not (nonrigid or self.collimated):
-            return list(stack.split(1, dim=1)), None
-        x0, x1, y0, y1 = self.exposed
-        weight = ((x - x0 + 1).clamp(0, 1) * (x1 + 1 - x).clamp(0, 1) * (y - y0 + 1).clamp(0, 1) * (y1 + 1 - y).clamp(0, 1))
-        return list(stack.split(1, dim=1)), weight.reshape(1, 1, *self.shape)
-
-
-def _loss(level: _Level, transform: Transform2D, options: RegistrationOptions, use_masks: bool, nonrigid: bool,
+def _loss(level: Level, transform: Transform2D, options: RegistrationOptions, use_masks: bool, nonrigid: bool,
           match_scale: float = 1.0, offset: MaskOffset | None = None):
     warped, exposure = level.warp(transform, nonrigid)
     total = 0.0
@@ -269,17 +213,13 @@ def _optimise(level, transform, options, use_masks, step: Step, cancelled=None, 
         offset.raw.requires_grad_(free)
         if free:
             parameters = parameters + [offset.raw]
-    optimiser = torch.optim.LBFGS(parameters, lr=1.0, max_iter=step.iterations, line_search_fn="strong_wolfe")
 
-    def closure():
+    def loss_of():
         if cancelled is not None and cancelled():
             raise Cancelled("cancelled during registration")
-        optimiser.zero_grad()
-        loss = _loss(level, transform, options, use_masks, nonrigid, step.match_scale, offset)
-        loss.backward()
-        return loss
+        return _loss(level, transform, options, use_masks, nonrigid, step.match_scale, offset)
 
-    optimiser.step(closure)
+    minimise(parameters, loss_of, step.iterations)
     with torch.no_grad():
         return float(_loss(level, transform, options, use_masks, nonrigid, step.match_scale, offset))
 
@@ -345,7 +285,27 @@ def register_2d(
     cancelled: Callable[[], bool] | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` ((H, W) arrays with their grids); masks are (H, W) bool.
-    ``cancelled()`` is polled at every optimiser evaluation."""
+    ``cancelled()`` is polled at every optimiser evaluation.
+
+    The cost is bounded in the images' size: an image longer than ``options.max_working_px`` on a
+    side is registered on its working copy (``grid2d.downsampled``); the result, a physical
+    transform, applies to the full image unchanged. ``report["working_px"]`` gives the sizes used.
+    """
+    start = time.perf_counter()
+    _check_inputs(fixed, fixed_grid, moving, moving_grid, fixed_mask, moving_mask)
+    limit = options.max_working_px
+    fixed_w, fixed_grid_w = downsampled(fixed, fixed_grid, limit)
+    moving_w, moving_grid_w = downsampled(moving, moving_grid, limit)
+    fixed_mask_w = None if fixed_mask is None else downsampled(fixed_mask, fixed_grid, limit, mask=True)[0]
+    moving_mask_w = None if moving_mask is None else downsampled(moving_mask, moving_grid, limit, mask=True)[0]
+    result = _register(fixed_w, fixed_grid_w, moving_w, moving_grid_w, fixed_mask_w, moving_mask_w, options, cancelled)
+    result.report["working_px"] = {"fixed": list(fixed_w.shape[::-1]), "moving": list(moving_w.shape[::-1])}
+    result.report["seconds"] = round(time.perf_counter() - start, 3)
+    return result
+
+
+def _register(fixed, fixed_grid, moving, moving_grid, fixed_mask, moving_mask, options, cancelled) -> RegistrationResult:
+    """``register_2d`` on images within the working size."""
     import torch
 
     start = time.perf_counter()
@@ -385,7 +345,7 @@ def register_2d(
     rows, columns = np.nonzero(field.any(1))[0], np.nonzero(field.any(0))[0]
     exposed = (int(columns[0]), int(columns[-1]), int(rows[0]), int(rows[-1]))
     field = None if field.all() else field
-    levels = {f: _Level(f, maps(f, "fixed"), maps(f, "moving"), fixed_grid, moving_grid, exposed, radius_mm(f), options.control_shape, device)
+    levels = {f: Level(f, maps(f, "fixed"), maps(f, "moving"), fixed_grid, moving_grid, exposed, radius_mm(f), options.control_shape, device)
               for f in options.levels}
     offset = MaskOffset(options.mask_offset_px * float(fixed_grid.spacing.mean()), device) if use_masks and options.mask_offset_px > 0 else None
     coarse = levels[options.levels[0]]
