@@ -115,4 +115,4 @@ def test_working_copies_are_reported(side, shared_data):
 
     case = resized(make_cases(1)[0], side)
     result = register_2d(case.fixed, case.grid, case.moving, case.grid, case.fixed_mask, case.moving_mask, RegistrationOptions(transform="rigid"))
-    assert max(result.report["working_px"]["fixed"]) == 640
+    assert max(result.report["working_px"]["fixed"]) == 512

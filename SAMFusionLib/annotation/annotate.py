@@ -98,9 +98,29 @@ def _write_json(payload, path: Path) -> None:
         tmp.write_text(json.dumps(payload, indent=1))
 
 
+def annotate_image(path: Path, targets_of: Callable, segmenter, zoom: str = "auto") -> tuple[np.ndarray | None, list[dict], str | None]:
+    """One image: (label map (H, W), COCO annotations with their category, None), or
+    (None, [], reason) when this image or its labels cannot be used. The unit of work of a run."""
+    try:
+        image = read_grey(path)
+        targets = targets_of(path, image.shape)
+        results = segment_targets(segmenter, image, targets, zoom)
+    except Cancelled:
+        raise
+    except SamFusionError as error:  # this image or its labels (a box with no area, say): reported, the run goes on
+        return None, [], str(error)
+    found = [dict(coco_annotation(m, s), category=t.category) for (m, s), t in zip(results, targets, strict=True)]
+    return label_map([m for m, _ in results], image.shape), found, None
+
+
 def annotate_folder(images_dir: Path, targets_of: Callable, out: Path, segmenter, mask_format: str = "png", zoom: str = "auto",
-                    progress: bool = True) -> AnnotateSummary:
-    """Annotate every image of ``images_dir`` into ``out`` (see the module docstring)."""
+                    progress: bool = True, runner: Callable | None = None) -> AnnotateSummary:
+    """Annotate every image of ``images_dir`` into ``out`` (see the module docstring).
+
+    ``runner(paths)`` yields (path, ``annotate_image`` result) for each path in any order (a Dask
+    cluster: ``batch.cluster``); without one, the images are done here one by one. Either way this
+    process alone writes the outputs, each image's as its result arrives.
+    """
     from tqdm import tqdm
 
     if mask_format not in MASK_FORMATS:
@@ -111,25 +131,21 @@ def annotate_folder(images_dir: Path, targets_of: Callable, out: Path, segmenter
     state_path = out / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {"images": {}}
     summary = AnnotateSummary()
-    for path in tqdm(images, desc="annotate", unit="image", disable=not progress):
-        mask_path = out / "masks" / f"{path.stem}{MASK_FORMATS[mask_format]}"
-        if path.name in state["images"] and mask_path.exists():
+    mask_of = {path: out / "masks" / f"{path.stem}{MASK_FORMATS[mask_format]}" for path in images}
+    pending = []
+    for path in images:
+        if path.name in state["images"] and mask_of[path].exists():
             summary.skipped.append(path.name)
+        else:
+            pending.append(path)
+    results = runner(pending) if runner is not None else ((path, annotate_image(path, targets_of, segmenter, zoom)) for path in pending)
+    for path, (labels, found, failure) in tqdm(results, total=len(pending), desc="annotate", unit="image", disable=not progress):
+        if failure is not None:
+            summary.failures[path.name] = failure
             continue
-        try:
-            image = read_grey(path)
-            targets = targets_of(path, image.shape)
-            results = segment_targets(segmenter, image, targets, zoom)
-        except Cancelled:
-            raise
-        except SamFusionError as error:  # this image or its labels (a box with no area, say): reported, the run goes on
-            summary.failures[path.name] = str(error)
-            continue
-        write_label_map(label_map([m for m, _ in results], image.shape), mask_path)
-        state["images"][path.name] = {
-            "height": int(image.shape[0]), "width": int(image.shape[1]), "mask": mask_path.name,
-            "annotations": [dict(coco_annotation(m, s), category=t.category) for (m, s), t in zip(results, targets, strict=True)],
-        }
+        write_label_map(labels, mask_of[path])
+        state["images"][path.name] = {"height": int(labels.shape[0]), "width": int(labels.shape[1]), "mask": mask_of[path].name,
+                                      "annotations": found}
         _write_json(state, state_path)  # after every image: an interrupted run resumes here
         summary.done.append(path.name)
     _write_json(coco_from_state(state), out / "annotations.json")

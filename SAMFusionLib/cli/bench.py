@@ -54,7 +54,7 @@ def add_parser(commands) -> None:
     bench.add_argument("what", choices=["segment", "fuse", "register", "demo-model"])
     bench.add_argument("--cases", type=int, default=20, help="register: number of cases")
     bench.add_argument("--no-cold", dest="cold", action="store_false", help="register: skip the cold column (a fresh process per case)")
-    bench.add_argument("--sweep-cases", type=int, default=3, help="register: cases in the 400/1000/2000 px size sweep (0: none)")
+    bench.add_argument("--sweep-cases", type=int, default=5, help="register: cases in the 400/1000/2000 px size sweep (0: none)")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.add_argument("--slices", type=int, default=8, help="segment: ROI slices to segment (>= 8)")
     bench.add_argument("--batch-size", type=int, help="segment: slices per encoder call (default 1 on CPU, 4 on GPU)")

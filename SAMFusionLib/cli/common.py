@@ -86,3 +86,16 @@ def holding_out_folder(command):
             return command(args)
 
     return run
+
+
+def process_seconds() -> float | None:
+    """Seconds since this process started (interpreter start-up and imports included): what a user
+    waits for a command. From /proc on Linux; None where that is not available."""
+    import os
+
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 2)

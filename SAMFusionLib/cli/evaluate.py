@@ -27,6 +27,12 @@ def add_label_options(parser, markups: bool = False) -> None:
     parser.add_argument("--min-component", type=int, default=1, help="masks: ignore components smaller than this (px)")
 
 
+def add_cluster_options(parser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=int, metavar="N", help="run on a local Dask cluster of N worker processes (one task per image)")
+    group.add_argument("--scheduler", metavar="ADDRESS", help="run on a running Dask cluster, e.g. tcp://10.0.0.5:8786")
+
+
 def label_reader(args):
     """(image path, (H, W)) -> targets, for the chosen label format."""
     from SAMFusionLib.annotation import labels_io
@@ -102,8 +108,19 @@ def cmd_annotate(args) -> int:
         if getattr(args, "markups", None):
             raise SamFusionError("--markups prompts a volume; for a folder of images use --yolo, --coco or --points-csv")
         reader = label_reader(args)
-        segmenter = disk_cached_segmenter(load_model_from_args(args))
-        summary = annotate_folder(source, reader, out, segmenter, args.mask_format, args.zoom)
+        if args.workers is None and args.scheduler is None:
+            summary = annotate_folder(source, reader, out, disk_cached_segmenter(load_model_from_args(args)), args.mask_format, args.zoom)
+        else:
+            from SAMFusionLib.batch import cluster
+
+            if args.arch and args.checkpoint is None:
+                raise SamFusionError("--arch applies only with --checkpoint")
+            client = cluster.client_for(args.workers, args.scheduler)
+            try:
+                cluster.register_segmenter(client, args.model, args.checkpoint and args.checkpoint.resolve(), args.arch, args.device)
+                summary = annotate_folder(source, reader, out, None, args.mask_format, args.zoom, runner=cluster.annotate_runner(client, reader, args.zoom))
+            finally:
+                cluster.close(client)
         for reason in summary.failures.values():
             print(f"samfusion: failed: {reason}", file=sys.stderr)
         print(f"samfusion annotate: {len(summary.done)} annotated, {len(summary.skipped)} already done, {len(summary.failures)} failed; "
@@ -124,6 +141,7 @@ def add_parsers(commands) -> None:
     an.add_argument("--zoom", choices=["auto", "on", "off"], default="auto")
     an.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     add_model_options(an)
+    add_cluster_options(an)
     an.set_defaults(func=cmd_annotate)
 
     ev = commands.add_parser("evaluate", help="score models (and a classical baseline) on labelled images, as in the paper's tables")
