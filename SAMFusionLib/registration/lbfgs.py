@@ -41,7 +41,8 @@ class _Point:
 def _strong_wolfe(evaluate: Callable, x, d, start: _Point, t: float, c1: float = 1e-4, c2: float = 0.9,
                   tolerance: float = 1e-9, max_steps: int = 25) -> tuple[_Point, int]:
     """A step along ``d`` from ``x`` meeting the strong Wolfe conditions (or the best found within
-    ``max_steps`` evaluations). ``start`` is step 0. Returns the chosen point and the evaluations made."""
+    ``max_steps`` iterations after the first trial). ``start`` is step 0. Returns the chosen point and
+    the evaluations made."""
 
     def trial(step: float) -> _Point:
         f, g = evaluate(x + step * d)
@@ -54,10 +55,10 @@ def _strong_wolfe(evaluate: Callable, x, d, start: _Point, t: float, c1: float =
         return abs(point.slope) <= -c2 * start.slope
 
     previous, current = start, trial(t)
-    evaluations, bracket = 1, None
+    evaluations, steps, bracket = 1, 0, None  # steps: line-search iterations after the first trial
     # Bracketing (Algorithm 3.5): grow the step until an interval must hold an acceptable one.
-    while evaluations < max_steps:
-        if not sufficient_decrease(current) or (evaluations > 1 and current.f >= previous.f):
+    while steps < max_steps:
+        if not sufficient_decrease(current) or (steps > 1 and current.f >= previous.f):
             bracket = [previous, current]
             break
         if curvature(current):
@@ -69,12 +70,13 @@ def _strong_wolfe(evaluate: Callable, x, d, start: _Point, t: float, c1: float =
         step = _cubic_minimum(previous.t, previous.f, previous.slope, current.t, current.f, current.slope, low, high)
         previous, current = current, trial(step)
         evaluations += 1
+        steps += 1
     if bracket is None:
         bracket = [start, current]
     # Zoom (Algorithm 3.6): shrink the bracket by cubic interpolation; ``best`` has the lower loss.
     scale = float(d.abs().max())
     stalled = False
-    while evaluations < max_steps:
+    while steps < max_steps:
         best, other = (bracket[0], bracket[1]) if bracket[0].f <= bracket[1].f else (bracket[1], bracket[0])
         low, high = sorted((bracket[0].t, bracket[1].t))
         if (high - low) * scale < tolerance:
@@ -92,6 +94,7 @@ def _strong_wolfe(evaluate: Callable, x, d, start: _Point, t: float, c1: float =
             stalled = False
         point = trial(step)
         evaluations += 1
+        steps += 1
         if not sufficient_decrease(point) or point.f >= best.f:
             bracket = [best, point]
         else:
@@ -130,7 +133,10 @@ def minimise(parameters: list, loss_of: Callable[[], object], max_iterations: in
         grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype) for p in parameters])
         return float(loss.detach()), grad
 
-    x = torch.cat([p.detach().reshape(-1).to(dtype) for p in parameters])
+    def flat_parameters():
+        return torch.cat([p.detach().reshape(-1).to(dtype) for p in parameters])
+
+    x = flat_parameters()
     f, g = evaluate(x)
     evaluations, max_evaluations = 1, max_iterations * 5 // 4
     if float(g.abs().max()) <= tolerance_grad:
@@ -165,7 +171,10 @@ def minimise(parameters: list, loss_of: Callable[[], object], max_iterations: in
             steps.append((step, y, 1.0 / curvature))
             if len(steps) > history_size:
                 steps.pop(0)
-        x, f_previous, f, g = x + step, f, point.f, point.g
+        # The parameters hold the new point in their own dtypes (the mask offset is float32), and the
+        # next iteration starts from those values, rounding included, as torch.optim.LBFGS does.
+        assign(x + step)
+        x, f_previous, f, g = flat_parameters(), f, point.f, point.g
         if iteration == max_iterations or evaluations >= max_evaluations:
             break
         if float(g.abs().max()) <= tolerance_grad or float(step.abs().max()) <= tolerance_change or abs(f - f_previous) < tolerance_change:
