@@ -98,6 +98,17 @@ def annotate_runner(client, targets_of: Callable, zoom: str) -> Callable[[list[P
     return run
 
 
+def _peak_rss_mb() -> float:
+    import re
+
+    return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+
+
+def worker_peak_rss_mb(client) -> dict[str, float]:
+    """Each worker process's peak resident memory so far (MB), by worker address."""
+    return {address: round(peak, 1) for address, peak in client.run(_peak_rss_mb).items()}
+
+
 def register_segmenter(client, model_id: str | None, checkpoint: Path | None, architecture: str | None, device: str) -> None:
     """Install the model's ``SegmenterPlugin`` on every worker, present and future."""
     client.register_plugin(SegmenterPlugin(model_id, None if checkpoint is None else str(checkpoint), architecture, device))

@@ -119,6 +119,8 @@ def cmd_annotate(args) -> int:
             try:
                 cluster.register_segmenter(client, args.model, args.checkpoint and args.checkpoint.resolve(), args.arch, args.device)
                 summary = annotate_folder(source, reader, out, None, args.mask_format, args.zoom, runner=cluster.annotate_runner(client, reader, args.zoom))
+                peaks = cluster.worker_peak_rss_mb(client)
+                print(f"samfusion annotate: {len(peaks)} Dask workers, peak RSS per worker {', '.join(f'{v:.0f}' for v in sorted(peaks.values()))} MB")
             finally:
                 cluster.close(client)
         for reason in summary.failures.values():
