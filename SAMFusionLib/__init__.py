@@ -3,6 +3,7 @@
 Sub-packages, imported one way only (each may import those on the lines below it, never above):
 
 - ``cli``: the ``samfusion`` command line;
+- ``batch``: annotation on a Dask cluster;
 - ``annotation``, ``training``, ``bench``: batch annotation and evaluation, fine-tuning, benchmarks;
 - ``scene``, ``cases``: the Slicer (MRML) adapter and scene runner; the cases we make or read;
 - ``pipeline`` (a module): the whole job, prompt -> mask -> projection -> transform -> fused volume;

@@ -255,11 +255,14 @@ def _interrupt_at(function_name: str, c_function=None):
 
 
 def _interrupted_run(capfd, out: Path, hook) -> tuple[int, str, str]:
+    # Ctrl-C's own disposition, whatever this process inherited (a background job ignores SIGINT).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.setprofile(hook)
     try:
         code = main(["run", "--out", str(out)])
     finally:
         sys.setprofile(None)
+        signal.signal(signal.SIGINT, previous)
     captured = capfd.readouterr()
     return code, captured.out, captured.err
 

@@ -51,7 +51,7 @@ def external_cluster(tmp_path):
     address = json.loads(address_file.read_text())["address"]
     workers = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--no-nanny",
                                  "--no-dashboard", "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "SAMFUSION_CACHE_DIR": str(tmp_path / "worker-cache")})
                for _ in range(2)]
     yield address, workers
     for process in [*workers, scheduler]:
@@ -80,11 +80,12 @@ def test_a_worker_killed_mid_run_and_a_failing_task(tmp_path, shared_data, exter
     out = tmp_path / "out"
     process = subprocess.Popen([*SAMFUSION, "annotate", str(images), "--yolo", str(labels), "--classes", "stone", "--out", str(out),
                                 "--scheduler", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    os.set_blocking(process.stderr.fileno(), False)
-    seen, deadline = b"", time.monotonic() + 300
-    while b" 2/13 " not in seen and time.monotonic() < deadline and process.poll() is None:
-        seen += process.stderr.read() or b""
-        time.sleep(0.02)
+    state_path, deadline = out / "annotate-state.json", time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:  # until two images are written, the rest in flight
+        if state_path.exists() and len(json.loads(state_path.read_text()).get("images", {})) >= 2:
+            break
+        time.sleep(0.005)
+    assert process.poll() is None  # still running: the kill lands mid-run
     workers[0].send_signal(signal.SIGKILL)  # mid-run: its task goes to the other worker
     stdout, _ = process.communicate(timeout=600)
     assert process.returncode == 1, stdout  # 1: one image failed, reported

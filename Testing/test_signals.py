@@ -18,9 +18,15 @@ import pytest
 SAMFUSION = [sys.executable, "-c", "import sys; from SAMFusionLib.cli.main import main; sys.exit(main())"]
 
 
-def start(argv: list, cwd: Path) -> subprocess.Popen:
+def _interruptible() -> None:
+    # A shell starts background jobs with SIGINT ignored, and a child inherits that: give the command
+    # the default disposition a user's terminal gives it, so that the test means the same anywhere.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start(argv: list, cwd: Path, **environment) -> subprocess.Popen:
     return subprocess.Popen([*SAMFUSION, *map(str, argv)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **environment}, preexec_fn=_interruptible)
 
 
 def wait_for(process: subprocess.Popen, marker: bytes, timeout_s: float = 120) -> bytes:
@@ -62,26 +68,33 @@ def test_annotate_terminated_mid_run_keeps_complete_images_and_resumes(tmp_path,
     labels = tmp_path / "labels"
     images.mkdir()
     labels.mkdir()
-    sources = sorted((shared_data / "kidney_stone_ct" / "images").glob("*.jpg"))[:8]
+    sources = sorted((shared_data / "kidney_stone_ct" / "images").glob("*.jpg"))[:16]
     for source in sources:
         shutil.copy(source, images / source.name)
         shutil.copy(shared_data / "kidney_stone_ct" / "labels" / f"{source.stem}.txt", labels / f"{source.stem}.txt")
     out = tmp_path / "out"
     argv = ["annotate", images, "--yolo", labels, "--classes", "stone", "--out", out]
-    process = start(argv, tmp_path)
-    wait_for(process, b" 2/8 ")  # two images done, the third in progress
+    # A cache of its own, so that every image costs an encoder run (earlier tests may have cached these).
+    cache = {"SAMFUSION_CACHE_DIR": str(tmp_path / "cache")}
+    process = start(argv, tmp_path, **cache)
+    state_path = out / "annotate-state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:  # until two images are recorded done
+        if state_path.exists() and len(json.loads(state_path.read_text() or "{}").get("images", {})) >= 2:
+            break
+        time.sleep(0.005)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 143, err
     state = json.loads((out / "annotate-state.json").read_text()) if (out / "annotate-state.json").exists() else None
-    assert state is not None and 2 <= len(state["images"]) < 8
+    assert state is not None and 2 <= len(state["images"]) < 16
     masks = sorted(p.name for p in (out / "masks").iterdir())
     assert masks == sorted(entry["mask"] for entry in state["images"].values())  # each image complete or absent
     assert not list(out.rglob(".*"))  # no temporary files
     assert hidden(tmp_path) == []
 
-    resumed = subprocess.run([*SAMFUSION, *map(str, argv)], capture_output=True, text=True, cwd=tmp_path)
+    resumed = subprocess.run([*SAMFUSION, *map(str, argv)], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **cache})
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{8 - len(state['images'])} annotated, {len(state['images'])} already done" in resumed.stdout
+    assert f"{16 - len(state['images'])} annotated, {len(state['images'])} already done" in resumed.stdout
     coco = json.loads((out / "annotations.json").read_text())
     assert sorted(image["file_name"] for image in coco["images"]) == sorted(p.name for p in sources)  # each exactly once

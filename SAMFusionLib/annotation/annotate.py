@@ -109,7 +109,7 @@ def annotate_image(path: Path, targets_of: Callable, segmenter, zoom: str = "aut
         raise
     except SamFusionError as error:  # this image or its labels (a box with no area, say): reported, the run goes on
         return None, [], str(error)
-    found = [dict(coco_annotation(m, s), category=t.category) for (m, s), t in zip(results, targets, strict=True)]
+    found = [dict(coco_annotation(m, s), category=t.category) for (m, s), t in zip(results, targets)]
     return label_map([m for m, _ in results], image.shape), found, None
 
 
@@ -194,7 +194,7 @@ def annotate_volume(volume_path: Path, markups_paths: list[Path], out: Path, seg
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     segmentation = mrml.add_segmentation(core.scene, masks[0], volume_node, names[0], name=f"{stem} segmentation")
-    for mask, name in zip(masks[1:], names[1:], strict=True):
+    for mask, name in zip(masks[1:], names[1:]):
         extra = mrml.add_segmentation(core.scene, mask, volume_node, name)
         segmentation.GetSegmentation().CopySegmentFromSegmentation(extra.GetSegmentation(), extra.GetSegmentation().GetNthSegmentID(0))
         core.scene.RemoveNode(extra)

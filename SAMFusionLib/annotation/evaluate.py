@@ -134,7 +134,7 @@ def classical_automatic(target_filter: TargetFilter) -> Callable[[np.ndarray], l
 
 def score_prompted(result: ImageResult, masks: list[np.ndarray], prompt: str) -> None:
     result.predictions = masks
-    for target, mask in zip(result.targets, masks, strict=True):
+    for target, mask in zip(result.targets, masks):
         truth_box = target.box()
         if prompt == "box":
             found = None if not mask.any() else _mask_box(mask)

@@ -80,7 +80,7 @@ def export_segmentation(segmentation_node, reference_node, folder: Path, formats
             height, width = labels.shape[1:]
             state = {"images": {f"{reference_node.GetName()}.png": {
                 "height": height, "width": width,
-                "annotations": [dict(coco_annotation(mask[0], 1.0), category=name) for mask, name in zip(masks, names, strict=True)],
+                "annotations": [dict(coco_annotation(mask[0], 1.0), category=name) for mask, name in zip(masks, names)],
             }}}
             (staging / f"{stem}_coco.json").write_text(json.dumps(coco_from_state(state), indent=1))
             written.append(f"{stem}_coco.json")

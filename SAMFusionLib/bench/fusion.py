@@ -52,14 +52,14 @@ def dwt_max_abs(a: np.ndarray, b: np.ndarray, wavelet: str = "db2", levels: int 
 
     ca, cb = pywt.wavedec2(a, wavelet, level=levels), pywt.wavedec2(b, wavelet, level=levels)
     fused = [(ca[0] + cb[0]) / 2]
-    for da, db in zip(ca[1:], cb[1:], strict=True):
-        fused.append(tuple(np.where(np.abs(x) >= np.abs(y), x, y) for x, y in zip(da, db, strict=True)))
+    for da, db in zip(ca[1:], cb[1:]):
+        fused.append(tuple(np.where(np.abs(x) >= np.abs(y), x, y) for x, y in zip(da, db)))
     return pywt.waverec2(fused, wavelet)[: a.shape[0], : a.shape[1]].clip(0, 255)
 
 
 def laplacian_max_abs(a: np.ndarray, b: np.ndarray, levels: int = 3) -> np.ndarray:
     pa, pb = laplacian_pyramid(a, levels), laplacian_pyramid(b, levels)
-    bands = [np.where(np.abs(x) >= np.abs(y), x, y) for x, y in zip(pa[:-1], pb[:-1], strict=True)]
+    bands = [np.where(np.abs(x) >= np.abs(y), x, y) for x, y in zip(pa[:-1], pb[:-1])]
     return reconstruct(bands + [(pa[-1] + pb[-1]) / 2]).clip(0, 255)
 
 

@@ -92,9 +92,9 @@ def run_benchmark(args) -> dict:
     result = segment_volume(segmenter, hu, geometry, prompts, window="soft_tissue", propagate=False, zoom="off", batch_size=args.batch_size)
     project_s = time.perf_counter() - start
 
-    identical = all(np.array_equal(result.mask_kji[k].astype(bool), m) for k, m in zip(indices, naive_masks, strict=True))
+    identical = all(np.array_equal(result.mask_kji[k].astype(bool), m) for k, m in zip(indices, naive_masks))
     max_diff = 0.0
-    for rgb, reference in zip(images, naive_logits, strict=True):
+    for rgb, reference in zip(images, naive_logits):
         segmenter.set_image(rgb)
         ours = segmenter.predict(box_xyxy=box, multimask=False)
         max_diff = max(max_diff, float(np.abs(ours.low_res_logits[0] - reference).max()))

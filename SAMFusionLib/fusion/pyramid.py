@@ -180,7 +180,7 @@ def fuse_arrays(
         strengths = [cv2.resize(soft, size, interpolation=cv2.INTER_AREA) for size in _level_sizes(pyramid_a)]
 
     fused = []
-    for level, (band_a, band_b) in enumerate(zip(pyramid_a[:-1], pyramid_b[:-1], strict=True)):
+    for level, (band_a, band_b) in enumerate(zip(pyramid_a[:-1], pyramid_b[:-1])):
         weight = detail_weight_a(band_a, band_b, options.match_threshold)
         if strengths is not None:
             weight = strengths[level] * preference + (1 - strengths[level]) * weight

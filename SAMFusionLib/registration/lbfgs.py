@@ -121,7 +121,7 @@ def minimise(parameters: list, loss_of: Callable[[], object], max_iterations: in
 
     def assign(flat) -> None:
         with torch.no_grad():
-            for p, piece in zip(parameters, torch.split(flat, sizes), strict=True):
+            for p, piece in zip(parameters, torch.split(flat, sizes)):
                 p.copy_(piece.view_as(p).to(p.dtype))
 
     def evaluate(flat) -> tuple[float, object]:
@@ -154,7 +154,7 @@ def minimise(parameters: list, loss_of: Callable[[], object], max_iterations: in
                 q = q - alpha * y
             s, y, _ = steps[-1] if steps else (None, None, None)
             r = q * (float(y.dot(s)) / float(y.dot(y)) if steps else 1.0)
-            for (s, y, rho), alpha in zip(steps, reversed(alphas), strict=True):
+            for (s, y, rho), alpha in zip(steps, reversed(alphas)):
                 r = r + s * (alpha - rho * float(y.dot(r)))
             d = r
         slope = float(g.dot(d))

@@ -149,7 +149,7 @@ class Segmenter:
         for rgb in images:
             check_rgb(rgb)
             keys.append(image_key(self.model.fingerprint, rgb))
-        todo = [(key, rgb) for key, rgb in zip(keys, images, strict=True) if self.cache.get(key, self.model.device) is None]
+        todo = [(key, rgb) for key, rgb in zip(keys, images) if self.cache.get(key, self.model.device) is None]
         unique = list(dict((key, rgb) for key, rgb in todo).items())
         for start in range(0, len(unique), max(1, batch_size)):
             if cancelled is not None and cancelled():
@@ -160,7 +160,7 @@ class Segmenter:
                 groups.setdefault(rgb.shape, []).append((key, rgb, self._preprocess(rgb)))
             for members in groups.values():
                 features = self._encode([tensor for _, _, tensor in members])
-                for (key, rgb, tensor), feature in zip(members, features, strict=True):
+                for (key, rgb, tensor), feature in zip(members, features):
                     self.cache.put(key, Embedding(feature, tuple(tensor.shape[-2:]), tuple(rgb.shape[:2])))
             if progress is not None:
                 progress(min(start + len(chunk), len(unique)), len(unique))

@@ -44,7 +44,7 @@ def _panel(image_bgr: np.ndarray, title: str) -> np.ndarray:
 def _draw_prompts(canvas: np.ndarray, points_xy: np.ndarray, labels: np.ndarray, box, scale: int) -> None:
     import cv2
 
-    for (x, y), label in zip(np.asarray(points_xy).reshape(-1, 2), np.asarray(labels).reshape(-1), strict=True):
+    for (x, y), label in zip(np.asarray(points_xy).reshape(-1, 2), np.asarray(labels).reshape(-1)):
         cv2.circle(canvas, (int(round(x * scale)), int(round(y * scale))), 3, GREEN if label == 1 else RED, -1)
     if box is not None:
         x0, y0, x1, y1 = (int(round(v * scale)) for v in box)
