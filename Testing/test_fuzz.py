@@ -161,6 +161,17 @@ def check_promise(argv: list, folder: Path, outputs: list[Path], ok_codes=(0,)) 
     return code
 
 
+def check_folder_promise(argv: list, out: Path) -> tuple[int, list[str]]:
+    """A command over a folder of items: 0, 1 (some items failed, the rest done) or 2 with one
+    error line and no ``out`` folder. Returns the code and the stderr lines."""
+    code, lines = run_captured(argv)
+    assert code in (0, 1, 2), lines
+    if code == 2:
+        assert len(lines) == 1 and lines[0].startswith("samfusion: error: "), lines
+        assert not out.exists()
+    return code, lines
+
+
 # ---- the commands
 
 
@@ -267,13 +278,9 @@ def test_annotate(checkpoint, images, labels):
             (folder / "labels" / f"im{index}.txt").write_text("\n".join(labels[index]))
         out = folder / "out"
         argv = ["annotate", folder / "images", "--yolo", folder / "labels", "--checkpoint", checkpoint, "--out", out]
-        code, lines = run_captured(argv)
         # 0: all annotated; 1: some images failed, each reported in one line and in failures.json.
-        assert code in (0, 1, 2), lines
-        if code == 2:
-            assert len(lines) == 1 and lines[0].startswith("samfusion: error: "), lines
-            assert not out.exists()
-        else:
+        code, lines = check_folder_promise(argv, out)
+        if code != 2:
             coco = json.loads((out / "annotations.json").read_text())
             failures = json.loads((out / "failures.json").read_text()) if (out / "failures.json").exists() else {}
             assert len(coco["images"]) + len(failures) <= len(images)
@@ -298,13 +305,9 @@ def test_evaluate(images, masks, protocol, prompt, areas, bootstrap):
         argv = ["evaluate", folder / "images", "--masks", folder / "masks", "--protocol", protocol, "--prompt", prompt,
                 "--min-area", areas[0], "--max-area", areas[1], "--bootstrap", bootstrap, "--points-per-side", 4,
                 "--model", "samfusion-demo", "--no-classical", "--out", out]
-        code, lines = run_captured(argv)
         # 0: the table; 1: some images could not be scored, each reported in one line; 2: bad input.
-        assert code in (0, 1, 2), lines
-        if code == 2:
-            assert len(lines) == 1 and lines[0].startswith("samfusion: error: "), lines
-            assert not out.exists()
-        else:
+        code, lines = check_folder_promise(argv, out)
+        if code != 2:
             table = json.loads((out / "table.json").read_text())
             assert (code == 1) == bool(table["failures"])
             assert (out / "table.md").exists() and (out / "overlays.png").exists()
