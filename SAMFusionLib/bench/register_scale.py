@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from SAMFusionLib.bench.register import Case, run_elastix, tre_of
-from SAMFusionLib.imaging.grid2d import Grid2D, resample_onto
+from SAMFusionLib.imaging.grid2d import resample_onto
 
 SWEEP_SIDES = (400, 1000, 2000)
 # ``samfusion`` as a user runs it, writing its peak resident memory (kB) to argv[1] when it exits.
@@ -41,10 +41,7 @@ def resized(case: Case, side: int) -> Case:
 
     height, width = case.grid.shape_hw
     scale = side / max(height, width)
-    shape = (max(1, round(height * scale)), max(1, round(width * scale)))
-    growth = np.array([width / shape[1], height / shape[0]])
-    grid = Grid2D(shape, case.grid.spacing * growth, case.grid.origin + case.grid.direction @ (case.grid.spacing * (growth - 1) / 2),
-                  case.grid.direction)
+    grid = case.grid.with_shape((max(1, round(height * scale)), max(1, round(width * scale))))
     identity = sitk.Transform(2, sitk.sitkIdentity)
     return replace(
         case, grid=grid,

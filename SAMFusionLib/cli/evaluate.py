@@ -10,7 +10,6 @@ from pathlib import Path
 from SAMFusionLib.cli.common import EXIT_SOME_FILES_FAILED, add_model_options, holding_out_folder, load_model_from_args
 from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.imaging.atomic import staged_folder
-from SAMFusionLib.imaging.io import check_out_folder
 
 
 def add_label_options(parser, markups: bool = False) -> None:
@@ -60,7 +59,7 @@ def cmd_evaluate(args) -> int:
     from SAMFusionLib.annotation import evaluate
     from SAMFusionLib.sam.models import load_model
 
-    out = check_out_folder(args.out)
+    out = Path(args.out)  # checked, and locked, by holding_out_folder
     if not args.images.is_dir():
         raise SamFusionError(f"image folder not found: {args.images}")
     protocols = ["prompted", "automatic"] if args.protocol == "both" else [args.protocol]
@@ -100,7 +99,7 @@ def cmd_evaluate(args) -> int:
 @holding_out_folder
 def cmd_annotate(args) -> int:
     from SAMFusionLib.annotation.annotate import annotate_folder, annotate_volume, disk_cached_segmenter
-    out = check_out_folder(args.out)
+    out = Path(args.out)  # checked, and locked, by holding_out_folder
     source = Path(args.input)
     if not source.exists():
         raise SamFusionError(f"input not found: {source}")

@@ -26,7 +26,6 @@ import numpy as np
 from SAMFusionLib.cli.common import EXIT_QUALITY_FAILED, add_model_options, holding_out_folder, load_model_from_args, process_seconds
 from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.imaging.atomic import staged_folder
-from SAMFusionLib.imaging.io import check_out_folder
 from SAMFusionLib.pipeline import PipelineOptions
 from SAMFusionLib.registration.register import RegistrationOptions
 from SAMFusionLib.scene import mrml
@@ -103,7 +102,7 @@ def cmd_run(args) -> int:
     from SAMFusionLib.sam.segmenter import Segmenter
     from SAMFusionLib.scene.report_png import write_report_png
 
-    out = check_out_folder(args.out)
+    out = Path(args.out)  # checked, and locked, by holding_out_folder
     if (args.ct is None) != (args.xray is None):
         raise SamFusionError("give both --ct and --xray, or neither (the embedded default case)")
     if args.ct is None and args.prompts:

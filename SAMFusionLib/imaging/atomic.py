@@ -105,9 +105,10 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _suffix_of(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix
+def suffix_of(path: Path) -> str:
+    """A file's type as writers and readers pick it: its lower-case suffix, ``.nii.gz`` whole."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(path).suffix.lower()
 
 
 @contextmanager
@@ -122,7 +123,7 @@ def output_files(*paths: Path | None) -> Iterator[list[Path | None]]:
     temporaries: list[Path | None] = []
     try:
         for destination in destinations:
-            temporaries.append(None if destination is None else _temporary_beside(destination, _suffix_of(destination)))
+            temporaries.append(None if destination is None else _temporary_beside(destination, suffix_of(destination)))
         yield temporaries
         with deferred_interrupts():
             for index, tmp in enumerate(temporaries):

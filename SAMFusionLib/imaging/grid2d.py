@@ -50,6 +50,14 @@ class Grid2D:
         physical = self.to_physical(corners)
         return physical.min(0), physical.max(0)
 
+    def with_shape(self, shape_hw: tuple[int, int]) -> Grid2D:
+        """The grid of ``shape_hw`` pixels over the same physical extent: the new pixels tile the old
+        image edge to edge, so spacing grows by W / W' (and H / H') and the first pixel centre moves
+        by half the growth."""
+        height, width = self.shape_hw
+        growth = np.array([width / shape_hw[1], height / shape_hw[0]])
+        return Grid2D(tuple(shape_hw), self.spacing * growth, self.origin + self.direction @ (self.spacing * (growth - 1) / 2), self.direction)
+
     def apply_to(self, image) -> None:
         """Give a SimpleITK 2D image this geometry."""
         image.SetSpacing(tuple(float(s) for s in self.spacing))
@@ -75,8 +83,7 @@ def downsampled(image: np.ndarray, grid: Grid2D, max_side: int, mask: bool = Fal
     """An (H, W) image (or bool mask) area-averaged so that its longer side is at most ``max_side``
     pixels, with the grid that covers the same physical extent (as it is, when already small enough).
 
-    The new pixels tile the old image edge to edge: spacing grows by W / W' (and H / H'), and the first
-    pixel centre moves by half the growth. A mask keeps the pixels at least half covered (or, for a
+    The grid is ``Grid2D.with_shape``'s. A mask keeps the pixels at least half covered (or, for a
     target smaller than one new pixel, those it touches).
     """
     import cv2
@@ -86,9 +93,7 @@ def downsampled(image: np.ndarray, grid: Grid2D, max_side: int, mask: bool = Fal
         return image, grid
     scale = max(height, width) / max_side
     new_width, new_height = max(1, round(width / scale)), max(1, round(height / scale))
-    growth = np.array([width / new_width, height / new_height])
-    coarse = Grid2D((new_height, new_width), grid.spacing * growth,
-                    grid.origin + grid.direction @ (grid.spacing * (growth - 1) / 2), grid.direction)
+    coarse = grid.with_shape((new_height, new_width))
     resized = cv2.resize(np.asarray(image, np.float32), (new_width, new_height), interpolation=cv2.INTER_AREA)
     if not mask:
         return resized, coarse

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from SAMFusionLib.errors import SamFusionError
-from SAMFusionLib.imaging.atomic import atomic_path, check_writable_folder
+from SAMFusionLib.imaging.atomic import atomic_path, check_writable_folder, suffix_of
 from SAMFusionLib.imaging.geometry import ImageGeometry
 
 MASK_SUFFIXES = (".png", ".nrrd", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -41,11 +41,6 @@ def grey_array(image: Image2D) -> np.ndarray:
     """(H, W) float32 of a 2D image; RGB becomes luminance (ITU-R BT.601)."""
     array = image.array.astype(np.float32)
     return array @ np.array([0.299, 0.587, 0.114], np.float32) if array.ndim == 3 else array
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
 @contextmanager
@@ -103,7 +98,7 @@ def _nifti_expected_bytes(header: bytes) -> int | None:
 
 
 def _gzip_length(path: Path) -> int:
-    """Decompressed length of a gzip file; raises SamFusionError when the stream ends early."""
+    """The decompressed length a gzip file records in its trailer (mod 2**32, of its last member)."""
     size = path.stat().st_size
     with path.open("rb") as handle:
         # ISIZE, the last 4 bytes, is the length mod 2**32 (of the last member): cheap, and checked
@@ -115,10 +110,9 @@ def _gzip_length(path: Path) -> int:
 
 def _check_not_truncated(path: Path) -> None:
     """A NIfTI file cut short reads as zeros in ITK without a complaint: compare with its header."""
-    name = path.name.lower()
-    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+    if suffix_of(path) not in (".nii", ".nii.gz"):
         return
-    compressed = name.endswith(".gz")
+    compressed = suffix_of(path) == ".nii.gz"
     try:
         with (gzip.open(path, "rb") if compressed else path.open("rb")) as handle:
             expected = _nifti_expected_bytes(handle.read(544))
@@ -251,7 +245,7 @@ def check_output_path(path: Path, suffixes: tuple[str, ...] = MASK_SUFFIXES) -> 
     """Validate an output path before any work is done: known suffix, an existing folder that can be
     written, and not a folder itself."""
     path = Path(path)
-    if _suffix(path) not in suffixes:
+    if suffix_of(path) not in suffixes:
         raise SamFusionError(f"unsupported output type {path.name!r}; use one of {', '.join(suffixes)}")
     if not path.parent.resolve().is_dir():
         raise SamFusionError(f"output folder does not exist: {path.parent}")
@@ -307,7 +301,7 @@ def atomic_write_image(image, path: Path) -> None:
     import SimpleITK as sitk
 
     path = Path(path)
-    with atomic_path(path, _suffix(path)) as tmp:
+    with atomic_path(path, suffix_of(path)) as tmp:
         sitk.WriteImage(image, str(tmp), True)
 
 
@@ -317,7 +311,7 @@ def write_mask_2d(mask: np.ndarray, path: Path, reference=None) -> None:
 
     path = check_output_path(path)
     binary = np.asarray(mask, dtype=bool)
-    if _suffix(path) == ".png":
+    if suffix_of(path) == ".png":
         image = sitk.GetImageFromArray(binary.astype(np.uint8) * 255)
     else:
         image = sitk.GetImageFromArray(binary.astype(np.uint8))

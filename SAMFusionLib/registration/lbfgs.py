@@ -152,8 +152,10 @@ def minimise(parameters: list, loss_of: Callable[[], object], max_iterations: in
                 alpha = rho * float(s.dot(q))
                 alphas.append(alpha)
                 q = q - alpha * y
-            s, y, _ = steps[-1] if steps else (None, None, None)
-            r = q * (float(y.dot(s)) / float(y.dot(y)) if steps else 1.0)
+            if steps:  # the initial Hessian: y.s / y.y of the newest pair
+                newest_s, newest_y, _ = steps[-1]
+                q = q * (float(newest_y.dot(newest_s)) / float(newest_y.dot(newest_y)))
+            r = q
             for (s, y, rho), alpha in zip(steps, reversed(alphas)):
                 r = r + s * (alpha - rho * float(y.dot(r)))
             d = r
