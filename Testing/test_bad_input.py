@@ -145,20 +145,20 @@ def test_2_fuse_and_register_refuse_an_output_that_is_an_input(capfd, pair):
 def test_3_a_second_run_into_a_folder_in_use_is_refused(capfd, tmp_path):
     out = tmp_path / "out"
     with locked_folder(out):
-        one_error_line(capfd, "is being written by another samfusion command", "run", "--out", out)
+        one_error_line(capfd, "is being written by another samfusion command", "run", "--model", "samfusion-demo", "--out", out)
     assert not out.exists()
     assert not list(tmp_path.iterdir())  # the lock file went with the lock
 
 
 def test_3_two_real_processes_into_one_folder(tmp_path):
     out = tmp_path / "out"
-    first = subprocess.Popen([*SAMFUSION, "run", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen([*SAMFUSION, "run", "--model", "samfusion-demo", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = tmp_path / ".out.samfusion-lock"
     for _ in range(600):
         if lock.exists() or first.poll() is not None:
             break
         subprocess.run(["sleep", "0.05"])
-    second = subprocess.run([*SAMFUSION, "run", "--out", str(out)], capture_output=True, text=True)
+    second = subprocess.run([*SAMFUSION, "run", "--model", "samfusion-demo", "--out", str(out)], capture_output=True, text=True)
     stdout, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr
     assert second.returncode == 2
@@ -203,11 +203,11 @@ def test_7_register_report_into_a_read_only_filesystem(capfd, pair, tmp_path, re
 
 
 def test_8_run_into_a_read_only_filesystem(capfd, readonly_dir):
-    one_error_line(capfd, "Read-only file system", "run", "--out", readonly_dir / "out")
+    one_error_line(capfd, "Read-only file system", "run", "--model", "samfusion-demo", "--out", readonly_dir / "out")
 
 
 def test_9_run_into_an_existing_immutable_folder(capfd, immutable_dir):
-    one_error_line(capfd, "Operation not permitted", "run", "--out", immutable_dir)
+    one_error_line(capfd, "Operation not permitted", "run", "--model", "samfusion-demo", "--out", immutable_dir)
 
 
 # ---- 10. A folder named like an image: our line only, no ITK/GDCM warnings
@@ -259,7 +259,7 @@ def _interrupted_run(capfd, out: Path, hook) -> tuple[int, str, str]:
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.setprofile(hook)
     try:
-        code = main(["run", "--out", str(out)])
+        code = main(["run", "--model", "samfusion-demo", "--out", str(out)])
     finally:
         sys.setprofile(None)
         signal.signal(signal.SIGINT, previous)

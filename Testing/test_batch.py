@@ -29,7 +29,7 @@ def stone_images(shared_data: Path, folder: Path, count: int) -> tuple[Path, Pat
 
 
 def annotate(images: Path, labels: Path, out: Path, *extra) -> subprocess.CompletedProcess:
-    return subprocess.run([*SAMFUSION, "annotate", str(images), "--yolo", str(labels), "--classes", "stone", "--out", str(out), *map(str, extra)],
+    return subprocess.run([*SAMFUSION, "annotate", "--model", "samfusion-demo", str(images), "--yolo", str(labels), "--classes", "stone", "--out", str(out), *map(str, extra)],
                           capture_output=True, text=True, timeout=600)
 
 
@@ -78,7 +78,7 @@ def test_a_worker_killed_mid_run_and_a_failing_task(tmp_path, shared_data, exter
     (images / "zz_broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")  # its task fails: reported, the rest goes on
     (labels / "zz_broken.txt").write_text("0 0.5 0.5 0.1 0.1\n")
     out = tmp_path / "out"
-    process = subprocess.Popen([*SAMFUSION, "annotate", str(images), "--yolo", str(labels), "--classes", "stone", "--out", str(out),
+    process = subprocess.Popen([*SAMFUSION, "annotate", "--model", "samfusion-demo", str(images), "--yolo", str(labels), "--classes", "stone", "--out", str(out),
                                 "--scheduler", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     state_path, deadline = out / "annotate-state.json", time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:  # until two images are written, the rest in flight

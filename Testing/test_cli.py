@@ -153,7 +153,7 @@ def test_embedded_model_with_wrong_sha256(capsys, png, checkpoint, tmp_path, mon
     (resources / "models.json").write_text(json.dumps(table))
     monkeypatch.setenv("SAMFUSION_RESOURCES", str(resources))
     out = tmp_path / "m.png"
-    assert_clean_failure(capsys, out, "corrupt (SHA256 mismatch", "segment", png, "--point", 80, 60, "--out", out)
+    assert_clean_failure(capsys, out, "corrupt (SHA256 mismatch", "segment", png, "--model", "samfusion-demo", "--point", 80, 60, "--out", out)
 
 
 def test_unknown_model(capsys, png, tmp_path):

@@ -16,9 +16,9 @@ from SAMFusionLib.sam.weights import download_file, ensure_cached, sha256_file, 
 
 def test_table_has_official_models_with_checksums():
     table = load_table()
-    for model_id in ("vit_b", "vit_l", "vit_h", "medsam_vit_b", "samfusion-demo"):
+    for model_id in ("vit_b", "vit_l", "vit_h", "medsam_vit_b", "samfusion-demo", "lite_medsam", "samfusion-lite"):
         assert model_id in table.models
-    assert table.default == "samfusion-demo"
+    assert table.default == "samfusion-lite"
     assert table.entry("vit_b").sha256 == "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"
     assert table.entry("vit_h").url.startswith("https://dl.fbaipublicfiles.com/segment_anything/")
     assert table.entry("medsam_vit_b").architecture == "vit_b"

@@ -52,7 +52,7 @@ def test_run_interrupted_while_registering_leaves_the_folder_as_it_was(tmp_path,
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("the user's own file")
-    process = start(["run", "--out", out], tmp_path)
+    process = start(["run", "--model", "samfusion-demo", "--out", out], tmp_path)
     wait_for(process, b"register")  # the progress bar names the step it is in
     process.send_signal(sig)
     _, err = process.communicate(timeout=60)

@@ -127,3 +127,59 @@ def abdomen_ct():
         mask, _, _ = read_volume(root / "old_v1_organ_masks" / f"{name}.nii.gz")
         masks[name] = mask.astype(bool)
     return hu, geometry, image, masks
+
+
+
+@dataclass
+class KidneyView:
+    """The abdomen CT as the pipeline shows it to SAM (``pipeline.ct_view_grid``, AP, default window).
+
+    Attributes:
+        grid: the view grid; ``view_kji``: (k, j, i) float32 HU on it; ``axis``: the IJK slice axis.
+        masks: {kidney: (k, j, i) bool on the grid}.
+        slices: {(kidney, split): slice indices}; "train" is the caudal half of that kidney's
+            slices, "val" the cranial half (one patient: a held-out region, not a held-out patient).
+    """
+
+    grid: object
+    view_kji: np.ndarray
+    axis: int
+    masks: dict[str, np.ndarray]
+    slices: dict[tuple[str, str], list[int]]
+
+
+def kidney_view() -> KidneyView:
+    from SAMFusionLib.imaging.geometry import SliceAxes
+    from SAMFusionLib.pipeline import PipelineOptions, ct_view_grid
+    from SAMFusionLib.registration.radiograph import resample
+
+    hu, geometry, _, masks = abdomen_ct()
+    grid, view, axis = ct_view_grid(hu, geometry, PipelineOptions().view)
+    axes = SliceAxes(axis)
+    on_grid, slices = {}, {}
+    for name, mask in masks.items():
+        on_grid[name] = resample(mask.astype(np.uint8), geometry, grid, nearest=True).astype(bool)
+        indices = [i for i in range(axes.count(on_grid[name].shape)) if axes.take(on_grid[name], i).sum() > 20]
+        # Indices grow along the slice axis; which end is caudal depends on that axis's RAS z sign.
+        caudal_first = indices if grid.ijk_to_ras[2, axis] > 0 else indices[::-1]
+        half = len(indices) // 2
+        slices[(name, "train")], slices[(name, "val")] = sorted(caudal_first[:half]), sorted(caudal_first[half:])
+    return KidneyView(grid, view, axis, on_grid, slices)
+
+
+def kidney_view_slices(split: str) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """The kidney slices of ``split`` ("train" or "val") as SAM sees them: [((H, W) uint8, {kidney: (H, W) bool})]."""
+    from SAMFusionLib.imaging.geometry import SliceAxes
+    from SAMFusionLib.imaging.intensity import resolve_range, to_uint8
+    from SAMFusionLib.pipeline import PipelineOptions
+
+    if split not in ("train", "val"):
+        raise SamFusionError(f"split must be train or val, got {split!r}")
+    kidneys = kidney_view()
+    axes = SliceAxes(kidneys.axis)
+    intensity = resolve_range(kidneys.view_kji, PipelineOptions().ct_window)
+    by_slice: dict[int, dict[str, np.ndarray]] = {}
+    for (name, part), indices in kidneys.slices.items():
+        for index in indices if part == split else []:
+            by_slice.setdefault(index, {})[name] = axes.take(kidneys.masks[name], index)
+    return [(to_uint8(axes.take(kidneys.view_kji, index), intensity), targets) for index, targets in sorted(by_slice.items())]

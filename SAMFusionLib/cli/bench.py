@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 from SAMFusionLib.cli.common import add_model_options
+from SAMFusionLib.sam.models import load_model
 
 
 def cmd_bench(args) -> int:
     if args.what == "demo-model":
         from SAMFusionLib.annotation.demo_figures import figure_table, format_figures
-        from SAMFusionLib.sam.models import load_model
 
-        figures = figure_table(load_model(args.model, args.checkpoint, args.arch, args.device))
+        figures = figure_table([load_model(model_id, checkpoint, args.arch, args.device) for model_id, checkpoint in _models(args)])
         print(json.dumps(figures) if args.json else format_figures(figures))
         return 0
     if args.what == "register":
@@ -44,9 +44,28 @@ def cmd_bench(args) -> int:
         return 0
     from SAMFusionLib.bench.segment import run_benchmark
 
-    figures = run_benchmark(args)
+    if args.random_arch:
+        figures = run_benchmark(args, None)
+    else:
+        figures = [run_benchmark(args, load_model(model_id, checkpoint, args.arch, args.device)) for model_id, checkpoint in _models(args)]
+        figures = figures[0] if len(figures) == 1 else figures
     print(json.dumps(figures, indent=None if args.json else 2))
     return 0
+
+
+# The model-table rows that the model benchmarks compare when no model is named.
+LOCAL_MODELS = ("samfusion-demo", "lite_medsam", "samfusion-lite")
+
+
+def _models(args) -> list[tuple[str | None, object]]:
+    """(model id, checkpoint) pairs to benchmark: --checkpoint, --model, --models, else LOCAL_MODELS."""
+    from SAMFusionLib.sam.models import load_table
+
+    if args.checkpoint is not None or args.model is not None:
+        return [(args.model, args.checkpoint)]
+    known = load_table().models
+    names = args.models.split(",") if args.models else [name for name in LOCAL_MODELS if name in known]
+    return [(name, None) for name in names]
 
 
 def add_parser(commands) -> None:
@@ -60,5 +79,6 @@ def add_parser(commands) -> None:
     bench.add_argument("--batch-size", type=int, help="segment: slices per encoder call (default 1 on CPU, 4 on GPU)")
     bench.add_argument("--random-arch", help="time a randomly initialised model of this architecture (e.g. vit_b)")
     bench.add_argument("--precision", default="fp32", help="fp32, or bf16/fp16 autocast on CUDA")
+    bench.add_argument("--models", help="segment, demo-model: comma-separated model ids (default: " + ", ".join(LOCAL_MODELS) + ")")
     add_model_options(bench)
     bench.set_defaults(func=cmd_bench)

@@ -58,7 +58,7 @@ def pairs(values: list[list[str]] | None, what: str) -> np.ndarray | None:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--model", help="model id from the model table (default: the embedded demo model)")
+    group.add_argument("--model", help="model id from the model table (default: the table's default, fine-tuned LiteMedSAM)")
     group.add_argument("--checkpoint", type=Path, help="a SAM checkpoint file to use directly (offline import)")
     parser.add_argument("--arch", help="architecture of --checkpoint (inferred from its shapes when omitted)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda or mps")

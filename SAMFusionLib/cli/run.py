@@ -36,6 +36,14 @@ CT_NAME = re.compile(r"(^|[^a-z])ct([^a-z]|$)", re.IGNORECASE)
 NEGATIVE_NAME = re.compile(r"neg", re.IGNORECASE)
 
 
+def model_title(model_id: str) -> str:
+    """The model table's title of ``model_id`` ("" for a checkpoint file outside the table)."""
+    from SAMFusionLib.sam.models import load_table
+
+    models = load_table().models
+    return models[model_id].title if model_id in models else ""
+
+
 def assign_prompts(nodes: list, ct_node, xray_node) -> SceneInputs:
     """Sort markups nodes into the CT's and the X-ray's prompts (rules in the module docstring)."""
     _, ct_geometry = mrml.array_from_volume(ct_node)
@@ -125,8 +133,8 @@ def cmd_run(args) -> int:
 
     report = result.report
     report["model"] = {"id": model.model_id, "architecture": model.architecture, "device": model.device,
-                       "demo_model": model.model_id == "samfusion-demo",
-                       "note": "a small demo model trained on phantoms and public data; not for clinical use" if model.model_id == "samfusion-demo" else ""}
+                       "fingerprint": model.fingerprint, "title": model_title(model.model_id),
+                       "note": "SAMFusion is a research tool, not a medical device; not for clinical use"}
     if case is not None:
         from SAMFusionLib.cases.demo_case import tre_mm
         from SAMFusionLib.imaging.metrics import dice

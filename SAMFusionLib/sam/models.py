@@ -72,43 +72,42 @@ def load_table(path: Path | None = None) -> ModelTable:
 
 
 def build_sam(params: dict[str, Any]):
-    """A randomly initialised ``segment_anything.modeling.Sam`` with the given architecture, in eval mode."""
+    """A randomly initialised ``segment_anything.modeling.Sam`` with the given architecture, in eval mode.
+
+    ``params["encoder"] == "tinyvit"`` gives LiteMedSAM (``sam.lite``); otherwise SAM's own ViT.
+    """
+    if params.get("encoder") == "tinyvit":
+        from SAMFusionLib.sam.lite import build_lite_sam
+
+        return build_lite_sam(params)
     import torch
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import ImageEncoderViT, Sam
+
+    from SAMFusionLib.sam.heads import prompt_encoder_and_decoder
 
     img_size, patch = params["img_size"], params["patch_size"]
     embed_dim = params["prompt_embed_dim"]
     grid = img_size // patch
+    # The encoder is built first, as segment-anything's own builder does (the same random init order).
+    encoder = ImageEncoderViT(
+        img_size=img_size,
+        patch_size=patch,
+        embed_dim=params["encoder_embed_dim"],
+        depth=params["encoder_depth"],
+        num_heads=params["encoder_num_heads"],
+        mlp_ratio=4,
+        out_chans=embed_dim,
+        qkv_bias=True,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=params["window_size"],
+        global_attn_indexes=tuple(params["encoder_global_attn_indexes"]),
+    )
+    prompt_encoder, mask_decoder = prompt_encoder_and_decoder(params, img_size, grid)
     sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=img_size,
-            patch_size=patch,
-            embed_dim=params["encoder_embed_dim"],
-            depth=params["encoder_depth"],
-            num_heads=params["encoder_num_heads"],
-            mlp_ratio=4,
-            out_chans=embed_dim,
-            qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=params["window_size"],
-            global_attn_indexes=tuple(params["encoder_global_attn_indexes"]),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=embed_dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(img_size, img_size),
-            mask_in_chans=16,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=2, embedding_dim=embed_dim, mlp_dim=params["decoder_mlp_dim"], num_heads=params["decoder_num_heads"]
-            ),
-            transformer_dim=embed_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=params["iou_head_hidden_dim"],
-        ),
+        image_encoder=encoder,
+        prompt_encoder=prompt_encoder,
+        mask_decoder=mask_decoder,
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
     )
@@ -142,6 +141,8 @@ def infer_architecture(state_dict: dict, architectures: dict[str, dict[str, Any]
 
 
 def _fits(state_dict: dict, params: dict[str, Any]) -> bool:
+    if params.get("encoder") == "tinyvit":
+        return "image_encoder.patch_embed.seq.0.c.weight" in state_dict and "image_encoder.neck.0.weight" in state_dict
     grid = params["img_size"] // params["patch_size"]
     pos = state_dict.get("image_encoder.pos_embed")
     blocks = {key.split(".")[2] for key in state_dict if key.startswith("image_encoder.blocks.")}
@@ -208,10 +209,8 @@ def load_model(
         digest = sha256_file(path)
     else:
         entry = table.entry(model_id or table.default)
-        path = _entry_path(entry, show_progress)
         arch, label = entry.architecture, entry.id
-        digest = entry.sha256 or sha256_file(path)
-        state = read_state_dict(path)
+        state, digest = _entry_state(table, entry, show_progress)
     sam = build_sam(table.architectures[arch])
     try:
         sam.load_state_dict(state)
@@ -222,11 +221,42 @@ def load_model(
     return LoadedModel(sam.to(chosen).eval(), label, arch, digest, chosen)
 
 
+def _entry_state(table: ModelTable, entry: ModelEntry, show_progress: bool) -> tuple[dict, str]:
+    """(state dict, fingerprint) of a table entry.
+
+    An entry with a ``base`` stores only what fine-tuning changed (prompt encoder and mask decoder):
+    its file is laid over the base entry's verified weights, and the fingerprint names both files.
+    """
+    path = _entry_path(entry, show_progress)
+    digest = entry.sha256 or sha256_file(path)
+    state = read_state_dict(path)
+    base_id = entry.extra.get("base")
+    if base_id is None:
+        return state, digest
+    from SAMFusionLib.sam.lite import decoder_keys
+
+    base = table.entry(base_id)
+    if base.architecture != entry.architecture:
+        raise SamFusionError(f"model {entry.id!r} and its base {base_id!r} name different architectures")
+    if set(decoder_keys(state)) != set(state):
+        raise SamFusionError(f"{path.name} must hold only prompt-encoder and mask-decoder weights (it is laid over {base_id!r})")
+    base_state, base_digest = _entry_state(table, base, show_progress)
+    return {**base_state, **state}, f"{base_digest}+{digest}"
+
+
 def _entry_path(entry: ModelEntry, show_progress: bool) -> Path:
+    if entry.extra.get("package_file"):
+        from SAMFusionLib.sam.lite import package_file
+
+        path = package_file(entry.extra["package_file"])
+        if entry.sha256 and sha256_file(path) != entry.sha256:
+            raise SamFusionError(f"{path} does not match the model table's SHA256 for {entry.id!r}; reinstall its package")
+        return path
     if entry.embedded:
         path = resources_dir() / entry.embedded
         if not path.is_file():
-            raise SamFusionError(f"the embedded model file {path} is missing; run 'make demo-model' to train it")
+            recipe = "make lite-model" if entry.extra.get("base") else "make demo-model"
+            raise SamFusionError(f"the embedded model file {path} is missing; reinstall SAMFusion, or run '{recipe}' to train it")
         if entry.sha256 and sha256_file(path) != entry.sha256:
             raise SamFusionError(f"the embedded model file {path} is corrupt (SHA256 mismatch with the model table)")
         return path
@@ -235,10 +265,16 @@ def _entry_path(entry: ModelEntry, show_progress: bool) -> Path:
     return ensure_cached(entry.id, entry.url, entry.filename or f"{entry.id}.pth", entry.sha256, show_progress)
 
 
+def fetch_weights(model_id: str, table: ModelTable | None = None, show_progress: bool = True) -> Path:
+    """The verified weights file of a table model, downloading it when needed; builds no model."""
+    table = table or load_table()
+    return _entry_path(table.entry(model_id), show_progress)
+
+
 def import_weights(model_id: str, source: Path, table: ModelTable | None = None) -> Path:
     """Offline path: verify ``source`` against the table's SHA256 and place it in the cache."""
     entry = (table or load_table()).entry(model_id)
-    if entry.embedded:
-        raise SamFusionError(f"model {model_id!r} is embedded in SAMFusion and needs no import")
+    if entry.embedded or entry.extra.get("package_file"):
+        raise SamFusionError(f"model {model_id!r} is shipped with SAMFusion or its packages and needs no import")
     return import_file(entry.id, Path(source), entry.filename or f"{entry.id}.pth", entry.sha256)
 

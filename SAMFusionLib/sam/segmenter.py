@@ -80,6 +80,8 @@ class Segmenter:
             raise SamFusionError(f"unknown precision {precision!r}: use fp32, bf16 or fp16")
         self.model = model
         self.predictor = SamPredictor(model.sam)
+        # A model with its own resize filter (LiteMedSAM: ``sam.lite``) brings it; the rest is SAM's.
+        self.predictor.transform = getattr(model.sam, "resize", self.predictor.transform)
         self.cache = cache if cache is not None else EmbeddingCache()
         self.precision = precision
         self.current_key: str | None = None

@@ -5,7 +5,8 @@ model's input. Cropping a window of a few times the target's size first gives it
 "auto" zooms when the plain answer is small (or empty), or, for a single point, when one of SAM's
 other candidates is small; "on" always zooms; "off" never does.
 With a box, the crop is CONTEXT times the box. With points, "on" crops POINT_CROP_PX around them
-(a point does not say how big the target is), "auto" CONTEXT times the plain answer's size.
+(a point does not say how big the target is), "auto" CONTEXT times the plain answer's size, but
+never less than POINT_CROP_PX.
 """
 
 from __future__ import annotations
@@ -63,10 +64,12 @@ def predict_zoomed(
         positive = points[label_array == 1] if np.any(label_array == 1) else points
         centre = positive.mean(0)
         rows, cols = np.nonzero(plain.mask)
-        if zoom == "on" or not plain.mask.any() or (small_candidate and plain.mask.mean() >= SMALL_FRACTION):
-            size = POINT_CROP_PX / CONTEXT
-        else:
-            size = float(max(np.ptp(cols), np.ptp(rows))) + 1
+        # A point does not say how big its target is, and the plain answer on a small target is often
+        # smaller still: the crop is never under POINT_CROP_PX (with LiteMedSAM fine-tuned here, 4x a
+        # 6 px answer, 48 px, gave a stone hit rate of 0.16 on the validation split; 96 px gave 0.53).
+        size = POINT_CROP_PX / CONTEXT
+        if zoom == "auto" and plain.mask.any() and not (small_candidate and plain.mask.mean() >= SMALL_FRACTION):
+            size = max(size, float(max(np.ptp(cols), np.ptp(rows))) + 1)
     if CONTEXT * size >= min(height, width):
         return plain  # the target is not small: a crop would only cut it off
     x0, y0, x1, y1 = _crop_window(centre, CONTEXT * size, height, width)

@@ -138,20 +138,17 @@ def shared_stones(split: str = "train") -> SampleSource:
     return draw
 
 
-def shared_kidneys() -> SampleSource:
-    """Axial slices of the abdomen CT's caudal kidney half (the cranial half is kept for validation)."""
-    from SAMFusionLib.cases.shared_data import abdomen_ct
+def shared_kidneys(split: str = "train") -> SampleSource:
+    """Kidney slices of the abdomen CT as the pipeline shows them (view grid, default window), caudal
+    half for training (``shared_data.kidney_view_slices``); the target is one kidney."""
+    from SAMFusionLib.cases.shared_data import kidney_view_slices
 
-    hu, _, _, masks = abdomen_ct()
-    candidates = []
-    for name, mask in masks.items():
-        slices = np.flatnonzero(mask.reshape(mask.shape[0], -1).sum(1) > 20)
-        candidates += [(name, int(k)) for k in slices[: len(slices) // 2]]
-    intensity = resolve_range(hu, "soft_tissue")
+    slices = kidney_view_slices(split)
 
     def draw(rng: np.random.Generator):
-        name, k = candidates[rng.integers(len(candidates))]
-        return to_sam_rgb(hu[k], intensity), masks[name][k]
+        grey, targets = slices[rng.integers(len(slices))]
+        names = sorted(targets)
+        return np.repeat(grey[:, :, None], 3, axis=2), targets[names[rng.integers(len(names))]]
 
     return draw
 

@@ -28,13 +28,15 @@ Sample = tuple[np.ndarray, np.ndarray]  # ((H, W, 3) uint8 image, (H, W) bool ta
 @dataclass
 class TrainConfig:
     architecture: str = "samfusion_tiny"
+    base: str | None = None  # a model-table id to fine-tune (its verified weights); sets the architecture
     init_checkpoint: str | None = None
     steps: int = 1000
     batch_size: int = 8
     lr: float = 4e-4
     weight_decay: float = 0.01
     warmup_steps: int = 50
-    trainable: str = "all"  # "all" or "decoder"
+    trainable: str = "all"  # "all", "heads" (prompt encoder + mask decoder) or "decoder"
+    pool_size: int = 0  # > 0: a frozen encoder's embeddings of this many samples, computed once (``pool``)
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     iou_weight: float = 1.0
@@ -56,6 +58,17 @@ DEMO_CONFIG = TrainConfig(
 )
 
 
+# Fine-tuning LiteMedSAM the paper's way (``samfusion train --base lite_medsam``): focal + dice on box
+# and point prompts with correction clicks; encoder frozen, its embeddings pooled; prompt encoder and
+# mask decoder trained. Sources: the training split of ../shared/data (stones, lungs, the abdomen CT's
+# caudal kidney halves in the pipeline's view and window) and CT / X-ray phantoms.
+LITE_CONFIG = TrainConfig(
+    architecture="lite_medsam", base="lite_medsam", trainable="heads", pool_size=640, steps=1200, batch_size=6,
+    lr=1e-4, warmup_steps=50, val_every=100, val_size=48, seed=0, focal_alpha=0.25,
+    sources=["shared-stones", "shared-stones", "shared-lungs", "shared-kidneys", "phantom-xray", "phantom-ct"],
+)
+
+
 def _prepare(sam, rgb: np.ndarray, mask: np.ndarray):
     """Resize (longest side = img_size) and pad an image and its mask the way SamPredictor does.
 
@@ -66,7 +79,7 @@ def _prepare(sam, rgb: np.ndarray, mask: np.ndarray):
     from segment_anything.utils.transforms import ResizeLongestSide
 
     size = sam.image_encoder.img_size
-    resized = ResizeLongestSide(size).apply_image(rgb)
+    resized = getattr(sam, "resize", ResizeLongestSide(size)).apply_image(rgb)
     tensor = torch.as_tensor(resized).permute(2, 0, 1).contiguous()
     image = sam.preprocess(tensor[None].float())[0]
     target = np.zeros((size, size), bool)
@@ -145,14 +158,17 @@ def validation_set(sources, config: TrainConfig) -> list[tuple[Sample, dict]]:
     return [((rgb, mask), simulate(mask, rng)) for rgb, mask in _batch(sources, rng, config.val_size)]
 
 
-def evaluate(sam, val: list[tuple[Sample, dict]], config: TrainConfig, device: str) -> dict:
-    """Mean loss and mean Dice of the model on a fixed validation set, prompts without correction."""
+def evaluate(sam, val: list[tuple[Sample, dict]], config: TrainConfig, device: str, embeddings: list | None = None) -> dict:
+    """Mean loss and mean Dice of the model on a fixed validation set, prompts without correction.
+
+    ``embeddings``: the samples' (1, C, h, w) image embeddings when the encoder is frozen (computed once).
+    """
     import torch
 
     losses, dices = [], []
     sam.eval()
     with torch.no_grad():
-        for (rgb, mask), prompt in val:
+        for number, ((rgb, mask), prompt) in enumerate(val):
             image, target_np = _prepare(sam, rgb, mask)
             scale = sam.image_encoder.img_size / max(mask.shape)
             scaled = {
@@ -160,7 +176,7 @@ def evaluate(sam, val: list[tuple[Sample, dict]], config: TrainConfig, device: s
                 "labels": prompt["labels"],
                 "box": None if prompt["box"] is None else prompt["box"] * scale,
             }
-            embedding = sam.image_encoder(image[None].to(device))
+            embedding = sam.image_encoder(image[None].to(device)) if embeddings is None else embeddings[number].float().to(device)
             single = scaled["box"] is None and len(scaled["points"]) == 1
             logits, iou, _ = decode(sam, embedding, scaled, multimask=single)
             best = int(iou[0].argmax())
@@ -200,23 +216,29 @@ def train(
     import torch
 
     from SAMFusionLib.device import select_device
-    from SAMFusionLib.sam.models import build_sam, load_table, read_state_dict
+    from SAMFusionLib.sam.models import build_sam, load_model, load_table, read_state_dict
+    from SAMFusionLib.training.pool import build_pool
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(config.device)
     torch.manual_seed(config.seed)
     table = load_table()
-    if config.architecture not in table.architectures:
+    if config.base is not None:
+        sam = load_model(config.base, device=device, table=table).sam
+    elif config.architecture not in table.architectures:
         raise SamFusionError(f"unknown architecture {config.architecture!r}")
-    sam = build_sam(table.architectures[config.architecture]).to(device)
+    else:
+        sam = build_sam(table.architectures[config.architecture]).to(device)
     if config.init_checkpoint:
         sam.load_state_dict(read_state_dict(Path(config.init_checkpoint)))
-    if config.trainable == "decoder":
-        for module in (sam.image_encoder, sam.prompt_encoder):
-            module.requires_grad_(False)
-    elif config.trainable != "all":
-        raise SamFusionError("trainable must be 'all' or 'decoder'")
+    frozen = {"all": (), "heads": (sam.image_encoder,), "decoder": (sam.image_encoder, sam.prompt_encoder)}
+    if config.trainable not in frozen:
+        raise SamFusionError("trainable must be 'all', 'heads' or 'decoder'")
+    if config.pool_size and config.trainable == "all":
+        raise SamFusionError("an embedding pool needs a frozen encoder: trainable 'heads' or 'decoder'")
+    for module in frozen[config.trainable]:
+        module.requires_grad_(False)
     parameters = [p for p in sam.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
@@ -235,24 +257,40 @@ def train(
         start, best, history = state["step"], state["best"], json.loads(state["history"])
         log(f"resumed at step {start}")
     val = validation_set(sources, config)
+    pool = val_embeddings = None
+    if config.pool_size:
+        log(f"encoding the sample pool ({config.pool_size} samples) and the validation set once")
+        sam.eval()
+        from tqdm import tqdm
+
+        with tqdm(total=config.pool_size, desc="encoding", unit="image") as bar:
+            samples = _batch(sources, np.random.default_rng([config.seed, 2 * 10**6]), config.pool_size)
+            pool = build_pool(sam, samples, _prepare, device, progress=lambda done, total: bar.update(done - bar.n))
+        val_embeddings = build_pool(sam, [sample for sample, _ in val], _prepare, device).batch(range(len(val)), "cpu")[0].split(1)
     figures = history[-1] if history else {}
     running = []
     for step in _steps(config, start):
         sam.train()
+        for module in frozen[config.trainable]:
+            module.eval()  # a frozen encoder keeps its BatchNorm statistics (TinyViT has them)
         rng = np.random.default_rng([config.seed, step])
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        prepared = [_prepare(sam, rgb, mask) for rgb, mask in _batch(sources, rng, config.batch_size)]
-        images = torch.stack([image for image, _ in prepared]).to(device)
-        embeddings = sam.image_encoder(images) if config.trainable == "all" else sam.image_encoder(images).detach()
-        loss = torch.stack([_sample_loss(sam, embeddings[b : b + 1], target, rng, config) for b, (_, target) in enumerate(prepared)]).mean()
+        if pool is not None:
+            embeddings, targets = pool.batch(rng.integers(len(pool.targets), size=config.batch_size), device)
+        else:
+            prepared = [_prepare(sam, rgb, mask) for rgb, mask in _batch(sources, rng, config.batch_size)]
+            images = torch.stack([image for image, _ in prepared]).to(device)
+            embeddings = sam.image_encoder(images) if config.trainable == "all" else sam.image_encoder(images).detach()
+            targets = [target for _, target in prepared]
+        loss = torch.stack([_sample_loss(sam, embeddings[b : b + 1], target, rng, config) for b, target in enumerate(targets)]).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         running.append(float(loss.detach()))
         if (step + 1) % config.val_every == 0 or step + 1 == config.steps:
-            figures = {"step": step + 1, "train_loss": float(np.mean(running)), **evaluate(sam, val, config, device)}
+            figures = {"step": step + 1, "train_loss": float(np.mean(running)), **evaluate(sam, val, config, device, val_embeddings)}
             running = []
             history.append(figures)
             log(json.dumps(figures))
