@@ -46,12 +46,11 @@ def _case(slices: int):
 
 def run_benchmark(args, model=None) -> dict:
     import torch
-    from segment_anything import SamPredictor
 
     from SAMFusionLib.imaging.geometry import SliceAxes
     from SAMFusionLib.imaging.intensity import resolve_range, to_sam_rgb
     from SAMFusionLib.sam.models import build_sam, from_module, load_table
-    from SAMFusionLib.sam.segmenter import Segmenter
+    from SAMFusionLib.sam.segmenter import Segmenter, sam_predictor
     from SAMFusionLib.sam.volume import VolumePrompts, plan_prompts, segment_volume
 
     if args.slices < 8:
@@ -70,19 +69,13 @@ def run_benchmark(args, model=None) -> dict:
     intensity = resolve_range(hu, "soft_tissue")
     images = [to_sam_rgb(hu[k], intensity) for k in indices]
 
-    def naive_predictor():
-        predictor = SamPredictor(model.sam)
-        # The model's own resize filter where it has one (LiteMedSAM), as our Segmenter uses.
-        predictor.transform = getattr(model.sam, "resize", predictor.transform)
-        return predictor
-
     # Warm-up outside the timings (first-call allocations, lazy kernels).
-    warm = naive_predictor()
+    warm = sam_predictor(model.sam)
     warm.set_image(images[0])
     warm.predict(box=box, multimask_output=False)
 
     start = time.perf_counter()
-    naive = naive_predictor()
+    naive = sam_predictor(model.sam)
     naive_masks, naive_logits = [], []
     for rgb in images:
         naive.set_image(rgb)

@@ -64,6 +64,24 @@ def check_rgb(rgb: np.ndarray) -> None:
         raise SamFusionError(f"image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small to segment")
 
 
+def image_transform(sam):
+    """The resize of ``sam``'s input: the model's own filter where it brings one (LiteMedSAM:
+    ``sam.lite``), else SAM's ``ResizeLongestSide``. The one place that rule lives: the engine,
+    the trainer and the benchmark's naive loop all resize alike."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    return getattr(sam, "resize", None) or ResizeLongestSide(sam.image_encoder.img_size)
+
+
+def sam_predictor(sam):
+    """A ``SamPredictor`` for ``sam`` that resizes with ``image_transform(sam)``."""
+    from segment_anything import SamPredictor
+
+    predictor = SamPredictor(sam)
+    predictor.transform = image_transform(sam)
+    return predictor
+
+
 class Segmenter:
     """A SAM predictor with a shared embedding cache.
 
@@ -74,14 +92,10 @@ class Segmenter:
     """
 
     def __init__(self, model: LoadedModel, cache: EmbeddingCache | None = None, precision: str = "fp32") -> None:
-        from segment_anything import SamPredictor
-
         if precision not in ("fp32", "bf16", "fp16"):
             raise SamFusionError(f"unknown precision {precision!r}: use fp32, bf16 or fp16")
         self.model = model
-        self.predictor = SamPredictor(model.sam)
-        # A model with its own resize filter (LiteMedSAM: ``sam.lite``) brings it; the rest is SAM's.
-        self.predictor.transform = getattr(model.sam, "resize", self.predictor.transform)
+        self.predictor = sam_predictor(model.sam)
         self.cache = cache if cache is not None else EmbeddingCache()
         self.precision = precision
         self.current_key: str | None = None

@@ -76,10 +76,11 @@ def _prepare(sam, rgb: np.ndarray, mask: np.ndarray):
     """
     import cv2
     import torch
-    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from SAMFusionLib.sam.segmenter import image_transform
 
     size = sam.image_encoder.img_size
-    resized = getattr(sam, "resize", ResizeLongestSide(size)).apply_image(rgb)
+    resized = image_transform(sam).apply_image(rgb)
     tensor = torch.as_tensor(resized).permute(2, 0, 1).contiguous()
     image = sam.preprocess(tensor[None].float())[0]
     target = np.zeros((size, size), bool)
