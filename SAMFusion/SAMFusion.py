@@ -111,6 +111,8 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._running = False
         self._cancelRequested = False
+        self._download = None
+        self._downloadTimer = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -125,6 +127,15 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.addItems(self.logic.modelIds())
         self.ui.modelComboBox.connect("currentTextChanged(QString)", self._onModelChanged)
 
+        # A place button beside each prompt selector (the .ui binds each to its selector's node):
+        # point lists keep placing until the user stops, an ROI is drawn once.
+        for name in ("ctPoints", "ctNegative", "ctRoi", "xrayPoints", "xrayNegative", "xrayRoi"):
+            placeWidget = getattr(self.ui, f"{name}PlaceWidget")
+            placeWidget.buttonsVisible = False
+            placeWidget.placeButton().show()
+            if not name.endswith("Roi"):
+                placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
+
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -135,6 +146,10 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         self.removeObservers()
+        if self._download is not None:  # the module is going away: stop the download, keep nothing
+            self._downloadTimer.stop()
+            self._download.cancel()
+            self._download = None
         if self.logic is not None:
             self.logic.releaseModels()
 
@@ -238,11 +253,40 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return ready
 
     def onDownloadButton(self):
+        import qt
+
+        if self._download is not None:  # the button reads "Cancel download" meanwhile
+            self._download.cancel()
+            return
         if not self._requirementsReady():
             return
-        with slicer.util.tryWithErrorDisplay(_("Download failed."), waitCursor=True):
-            path = self.logic.downloadWeights(self._parameterNode.model)
-            self.ui.statusLabel.text = _("Weights ready: {path}").format(path=path)
+        # The file (2.5 GB for vit_h) comes on a worker thread; a timer shows its progress here,
+        # so the GUI stays live and the same button cancels it.
+        self._download = self.logic.startDownload(self._parameterNode.model)
+        self.ui.downloadButton.text = _("Cancel download")
+        self._downloadTimer = qt.QTimer()
+        self._downloadTimer.setInterval(200)
+        self._downloadTimer.connect("timeout()", self._pollDownload)
+        self._downloadTimer.start()
+
+    def _pollDownload(self):
+        from SAMFusionLib.errors import Cancelled
+
+        job = self._download
+        if not job.done():
+            fraction = job.fraction
+            self.ui.statusLabel.text = _("Downloading weights...") if fraction is None else _("Downloading weights: {percent}%").format(percent=int(100 * fraction))
+            return
+        self._downloadTimer.stop()
+        self._download = None
+        self.ui.downloadButton.text = _("Download")
+        try:
+            self.ui.statusLabel.text = _("Weights ready: {path}").format(path=job.result())
+        except Cancelled:
+            self.ui.statusLabel.text = _("Download cancelled; nothing was kept.")
+        except Exception as error:
+            slicer.util.errorDisplay(_("Download failed."), detailedText=str(error))
+            self.ui.statusLabel.text = _("Download failed: {error}").format(error=error)
 
     def onImportButton(self):
         import qt
@@ -385,6 +429,13 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         from SAMFusionLib.sam.models import fetch_weights
 
         return str(fetch_weights(model))
+
+    def startDownload(self, model):
+        """``downloadWeights`` on a worker thread: a ``BackgroundDownload`` to poll and cancel."""
+        from SAMFusionLib.sam.models import fetch_weights
+        from SAMFusionLib.sam.weights import BackgroundDownload
+
+        return BackgroundDownload(lambda progress, cancelled: fetch_weights(model, show_progress=False, progress=progress, cancelled=cancelled))
 
     def importWeights(self, model, fileName):
         from SAMFusionLib.sam.models import import_weights

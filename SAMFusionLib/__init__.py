@@ -3,7 +3,8 @@
 Sub-packages, imported one way only (each may import those on the lines below it, never above):
 
 - ``cli``: the ``samfusion`` command line;
-- ``batch``: annotation on a Dask cluster;
+- ``batch``, ``web``: annotation, evaluation and cohort runs on a Dask cluster; the browser app
+  (``samfusion serve``, on trame-slicer);
 - ``annotation``, ``training``, ``bench``: batch annotation and evaluation, fine-tuning, benchmarks;
 - ``scene``, ``cases``: the Slicer (MRML) adapter and scene runner; the cases we make or read;
 - ``pipeline`` (a module): the whole job, prompt -> mask -> projection -> transform -> fused volume;

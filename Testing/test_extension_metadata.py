@@ -91,5 +91,33 @@ def test_every_embedded_model_file_is_packaged_with_the_extension():
     cmake_lib = (ROOT / "SAMFusionLib" / "CMakeLists.txt").read_text()
     embedded = [row["embedded"] for row in table["models"] if row.get("embedded")]
     assert len(embedded) >= 2
-    for path in embedded:
-        assert f"../Resources/{path}" in cmake_lib, path
+    listed = re.search(r"set\(_engine_resources\s+([^)]*)\)", cmake_lib).group(1).split()
+    assert set(embedded) <= set(listed), embedded
+    assert {"models.json", "sample_data.json"} <= set(listed)
+    assert all((ROOT / "Resources" / name).is_file() for name in listed)
+    # Installed inside the engine's own folder, where resources_dir() looks first, never through "../".
+    commands = "\n".join(line for line in cmake_lib.splitlines() if not line.lstrip().startswith("#"))
+    assert "${MODULE_NAME}/Resources/${_subdir}" in commands and "../Resources" not in commands
+
+
+def test_the_engine_finds_its_resources_where_the_extension_installs_them(tmp_path):
+    """The install layout: qt-scripted-modules/SAMFusionLib/ with its Resources/ inside, and no
+    top-level Resources/ beside it; the engine reads the model table from there."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    installed = tmp_path / "qt-scripted-modules"
+    shutil.copytree(ROOT / "SAMFusionLib", installed / "SAMFusionLib", ignore=shutil.ignore_patterns("__pycache__", "CMakeLists.txt"))
+    (installed / "SAMFusionLib" / "Resources").mkdir()
+    for name in ("models.json", "sample_data.json"):
+        shutil.copy(ROOT / "Resources" / name, installed / "SAMFusionLib" / "Resources" / name)
+    env = {k: v for k, v in os.environ.items() if k != "SAMFUSION_RESOURCES"}
+    code = "from SAMFusionLib.sam.models import resources_dir, load_table; print(resources_dir()); print(load_table().default)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=installed, env={**env, "PYTHONPATH": str(installed)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found, default = done.stdout.split()
+    assert Path(found) == installed / "SAMFusionLib" / "Resources"
+    assert default == json.loads((ROOT / "Resources" / "models.json").read_text())["default"]

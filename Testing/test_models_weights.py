@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,6 +99,42 @@ def test_checksum_mismatch_leaves_nothing(tiny_checkpoint):
         download_file(tiny_checkpoint.as_uri(), destination, "0" * 64, show_progress=False)
     assert not destination.exists()
     assert not list(weights_dir().glob(".mismatch.pth*"))
+
+
+def test_a_download_on_a_worker_thread_reports_progress_and_can_be_cancelled(tmp_path):
+    """What the Slicer panel's Download button runs: the fetch on a worker thread, the GUI thread
+    polling its progress; a cancel stops it between blocks and leaves no file."""
+    import time
+
+    from SAMFusionLib.errors import Cancelled
+    from SAMFusionLib.sam.weights import BackgroundDownload
+
+    source = tmp_path / "big.pth"
+    source.write_bytes(np.random.default_rng(0).integers(0, 255, 5 << 20, dtype=np.uint8).tobytes())  # 5 blocks of 1 MiB
+    digest = sha256_file(source)
+    seen = []
+
+    def fetch(progress, cancelled):
+        return ensure_cached("thread-model", source.as_uri(), "thread-model.pth", digest, False,
+                             lambda done, total: (seen.append((done, total)), progress(done, total)), cancelled)
+
+    job = BackgroundDownload(fetch)
+    path = job.result(timeout=60)
+    assert job.done() and job.fraction == 1.0 and sha256_file(path) == digest
+    assert [done for done, _ in seen] == [1 << 20, 2 << 20, 3 << 20, 4 << 20, 5 << 20] and {total for _, total in seen} == {5 << 20}
+
+    def held_until_cancelled(progress, cancelled):
+        deadline = time.monotonic() + 30
+        while not cancelled() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return download_file(source.as_uri(), weights_dir() / "cancelled.pth", digest, False, progress, cancelled)
+
+    job = BackgroundDownload(held_until_cancelled)
+    assert not job.done()  # running on its thread while this one goes on
+    job.cancel()
+    with pytest.raises(Cancelled, match="download of cancelled.pth cancelled"):
+        job.result(timeout=60)
+    assert not (weights_dir() / "cancelled.pth").exists() and not list(weights_dir().glob(".cancelled.pth*"))
 
 
 def test_offline_download_says_how_to_import():

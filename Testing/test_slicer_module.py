@@ -26,3 +26,40 @@ def test_every_widget_is_bound_to_a_parameter_and_every_parameter_has_a_widget()
     fields = parameter_fields()
     assert set(bound) <= fields, set(bound) - fields
     assert fields - set(bound) == UNBOUND
+
+
+def ui_widgets() -> dict[str, str]:
+    """{widget name: class} of every named widget in the panel's .ui."""
+    import xml.etree.ElementTree as ElementTree
+
+    tree = ElementTree.parse(ROOT / "SAMFusion" / "Resources" / "UI" / "SAMFusion.ui")
+    return {w.get("name"): w.get("class") for w in tree.iter("widget") if w.get("name")}
+
+
+def test_every_widget_the_module_names_is_in_the_ui():
+    source = (ROOT / "SAMFusion" / "SAMFusion.py").read_text()
+    named = set(re.findall(r"self\.ui\.(\w+)", source))
+    # The place widgets are reached by name: getattr(self.ui, f"{name}PlaceWidget").
+    loop = re.search(r'for name in \(([^)]*)\):\s+placeWidget = getattr\(self\.ui, f"\{name\}PlaceWidget"\)', source)
+    assert loop, "the place widgets' set-up loop"
+    named |= {f"{name}PlaceWidget" for name in re.findall(r'"(\w+)"', loop.group(1))}
+    widgets = ui_widgets()
+    assert named <= set(widgets), named - set(widgets)
+
+
+def test_each_prompt_selector_has_a_place_widget_bound_to_its_node():
+    """Points and ROIs are placed from the panel: a markups place widget beside each prompt
+    selector, following the selector's node and the scene."""
+    import xml.etree.ElementTree as ElementTree
+
+    widgets = ui_widgets()
+    root = ElementTree.parse(ROOT / "SAMFusion" / "Resources" / "UI" / "SAMFusion.ui").getroot()
+    connections = {(c.findtext("sender"), c.findtext("signal"), c.findtext("receiver"), c.findtext("slot")) for c in root.iter("connection")}
+    selectors = [name for name, cls in widgets.items() if cls == "qMRMLNodeComboBox" and re.match(r"(ct|xray)(Points|Negative|Roi)Selector$", name)]
+    assert len(selectors) == 6
+    for selector in selectors:
+        place = selector.replace("Selector", "PlaceWidget")
+        assert widgets.get(place) == "qSlicerMarkupsPlaceWidget", place
+        assert (selector, "currentNodeChanged(vtkMRMLNode*)", place, "setCurrentNode(vtkMRMLNode*)") in connections
+        assert ("SAMFusion", "mrmlSceneChanged(vtkMRMLScene*)", place, "setMRMLScene(vtkMRMLScene*)") in connections
+    assert "<class>qSlicerMarkupsPlaceWidget</class>" in (ROOT / "SAMFusion" / "Resources" / "UI" / "SAMFusion.ui").read_text()

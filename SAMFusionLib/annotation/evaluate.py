@@ -22,14 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from SAMFusionLib.annotation.demo_figures import box_iou, component_box_under, otsu_point_baseline
 from SAMFusionLib.annotation.detection import ImageCounts, bootstrap_interval, detection_figures, match_image
-from SAMFusionLib.annotation.labels_io import LabelError, Target, list_images, read_grey
-from SAMFusionLib.errors import SamFusionError
+from SAMFusionLib.annotation.labels_io import Target
 from SAMFusionLib.imaging.metrics import dice, iou
 
 CLASSICAL = "classical"
@@ -179,7 +177,7 @@ def automatic_figures(results: list[ImageResult], samples: int) -> dict:
     return figures
 
 
-# --- the run ------------------------------------------------------------------------------------
+# --- the figures ------------------------------------------------------------------------------------
 
 @dataclass
 class Evaluation:
@@ -187,52 +185,6 @@ class Evaluation:
     failures: list[str]
     examples: dict[str, list[ImageResult]]
     images: int
-
-
-def evaluate_folder(
-    images_dir: Path,
-    targets_of: Callable[[Path, tuple[int, int]], list[Target]],
-    methods: dict[str, dict[str, Callable]],
-    protocols: list[str],
-    prompt: str = "point",
-    target_filter: TargetFilter = TargetFilter(),
-    samples: int = 1000,
-    progress: bool = True,
-    select: Callable[[Path], bool] | None = None,
-) -> Evaluation:
-    """Evaluate every method on every readable image; unreadable images or labels are listed in
-    ``failures`` (one line each) and skipped, never silently dropped."""
-    from tqdm import tqdm
-
-    loaded, failures = [], []
-    for path in list_images(images_dir):
-        if select is not None and not select(path):
-            continue
-        try:
-            image = read_grey(path)
-            loaded.append((path.name, image, targets_of(path, image.shape)))
-        except LabelError as error:
-            failures.append(str(error))
-    if not loaded:
-        raise SamFusionError("no image could be evaluated: " + "; ".join(failures[:3]))
-    rows, examples = {}, {}
-    for name, method in methods.items():
-        rows[name] = {}
-        for protocol in protocols:
-            results = []
-            for image_name, image, targets in tqdm(loaded, desc=f"{name} ({protocol})", disable=not progress, leave=False):
-                result = ImageResult(image_name, image, targets)
-                if protocol == "prompted":
-                    score_prompted(result, [method["prompted"](image, t, prompt) for t in targets], prompt)
-                else:
-                    score_automatic(result, method["automatic"](image), target_filter)
-                results.append(result)
-            if protocol == "prompted":
-                rows[name]["prompted"] = prompted_figures(results, samples)
-            else:
-                rows[name]["automatic"] = automatic_figures(results, samples)
-            examples[f"{name} ({protocol})"] = results
-    return Evaluation(rows, failures, examples, len(loaded))
 
 
 # --- output -------------------------------------------------------------------------------------

@@ -36,6 +36,13 @@ def cmd_bench(args) -> int:
         if "size_sweep" in figures:
             print("\n" + format_sweep(figures["size_sweep"], args.sweep_cases))
         return 0
+    if args.what == "batch":
+        from SAMFusionLib.bench.batch import format_table, run_benchmark
+        from SAMFusionLib.sam.models import load_table
+
+        figures = run_benchmark(args.images, args.model or load_table().default, (args.workers,))
+        print(json.dumps(figures) if args.json else format_table(figures))
+        return 0
     if args.what == "fuse":
         from SAMFusionLib.bench.fusion import format_table, run_benchmark
 
@@ -70,11 +77,13 @@ def _models(args) -> list[tuple[str | None, object]]:
 
 def add_parser(commands) -> None:
     bench = commands.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=["segment", "fuse", "register", "demo-model"])
+    bench.add_argument("what", choices=["segment", "fuse", "register", "demo-model", "batch"])
     bench.add_argument("--cases", type=int, default=20, help="register: number of cases")
     bench.add_argument("--no-cold", dest="cold", action="store_false", help="register: skip the cold column (a fresh process per case)")
     bench.add_argument("--sweep-cases", type=int, default=5, help="register: cases in the 400/1000/2000 px size sweep (0: none)")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
+    bench.add_argument("--images", type=int, default=24, help="batch: shared kidney-stone images to annotate (default 24)")
+    bench.add_argument("--workers", type=int, default=2, help="batch: local Dask worker processes against serial (default 2)")
     bench.add_argument("--slices", type=int, default=8, help="segment: ROI slices to segment (>= 8)")
     bench.add_argument("--batch-size", type=int, help="segment: slices per encoder call (default 1 on CPU, 4 on GPU)")
     bench.add_argument("--random-arch", help="time a randomly initialised model of this architecture (e.g. vit_b)")

@@ -99,3 +99,41 @@ def process_seconds() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 2)
+
+
+def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    """The pipeline's options, as ``samfusion run`` and ``run-batch`` take them."""
+    parser.add_argument("--transform", default="nonrigid", help="rigid, similarity, affine or nonrigid (default)")
+    parser.add_argument("--view", default="AP", help="projection view of a 3D CT: AP (default), LAT or SI")
+    parser.add_argument("--projection", choices=["parallel", "perspective"], default="parallel",
+                     help="DRR geometry: parallel rays (default) or a point source and a flat detector")
+    parser.add_argument("--source-distance", type=float, default=1000.0, help="perspective: source to the CT's centre (mm)")
+    parser.add_argument("--detector-distance", type=float, default=1500.0, help="perspective: source to the detector (mm)")
+    parser.add_argument("--levels", type=int, default=3, help="fusion pyramid levels (default 3)")
+    parser.add_argument("--no-box-fallback", action="store_true",
+                        help="report a registration on SAM's masks that fails as failed, without retrying on the prompt boxes")
+
+
+def pipeline_options(args):
+    """The ``PipelineOptions`` of ``add_pipeline_options``' arguments."""
+    from SAMFusionLib.pipeline import PipelineOptions
+    from SAMFusionLib.registration.register import RegistrationOptions
+
+    return PipelineOptions(view=args.view, projection=args.projection, source_to_centre_mm=args.source_distance,
+                           source_to_detector_mm=args.detector_distance, fusion_levels=args.levels,
+                           registration=RegistrationOptions(transform=args.transform), box_fallback=not args.no_box_fallback)
+
+
+def add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """``--workers N`` (a local Dask cluster) or ``--scheduler ADDRESS`` (a running one); neither: serial."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=int, metavar="N", help="run on a local Dask cluster of N worker processes (one task per item)")
+    group.add_argument("--scheduler", metavar="ADDRESS", help="run on a running Dask cluster, e.g. tcp://10.0.0.5:8786")
+
+
+def print_worker_memory(command: str, client) -> None:
+    """One line: how many Dask workers ran, and each one's peak resident memory."""
+    from SAMFusionLib.batch import cluster
+
+    peaks = cluster.worker_peak_rss_mb(client)
+    print(f"samfusion {command}: {len(peaks)} Dask workers, peak RSS per worker {', '.join(f'{v:.0f}' for v in sorted(peaks.values()))} MB")

@@ -7,7 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from SAMFusionLib.cli.common import EXIT_SOME_FILES_FAILED, add_model_options, holding_out_folder, load_model_from_args
+from SAMFusionLib.cli.common import (
+    EXIT_SOME_FILES_FAILED,
+    add_cluster_options,
+    add_model_options,
+    holding_out_folder,
+    load_model_from_args,
+    print_worker_memory,
+)
 from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.imaging.atomic import staged_folder
 
@@ -24,12 +31,6 @@ def add_label_options(parser, markups: bool = False) -> None:
     parser.add_argument("--target-value", type=int, help="masks: only this label value is a target")
     parser.add_argument("--components", action="store_true", help="masks: each connected component is a target")
     parser.add_argument("--min-component", type=int, default=1, help="masks: ignore components smaller than this (px)")
-
-
-def add_cluster_options(parser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--workers", type=int, metavar="N", help="run on a local Dask cluster of N worker processes (one task per image)")
-    group.add_argument("--scheduler", metavar="ADDRESS", help="run on a running Dask cluster, e.g. tcp://10.0.0.5:8786")
 
 
 def label_reader(args):
@@ -57,35 +58,44 @@ def cmd_evaluate(args) -> int:
     import cv2
 
     from SAMFusionLib.annotation import evaluate
-    from SAMFusionLib.sam.models import load_model
+    from SAMFusionLib.annotation.evaluate_run import Job, MethodSpec, evaluate_folder, serial_runner
 
     out = Path(args.out)  # checked, and locked, by holding_out_folder
     if not args.images.is_dir():
         raise SamFusionError(f"image folder not found: {args.images}")
-    protocols = ["prompted", "automatic"] if args.protocol == "both" else [args.protocol]
+    protocols = ("prompted", "automatic") if args.protocol == "both" else (args.protocol,)
     target_filter = evaluate.TargetFilter(args.min_area, args.max_area, args.intensity_percentile, args.dark)
-    models = [load_model(model_id, device=args.device) for model_id in args.model or [None]]
-    if args.checkpoint is not None:
-        models.append(load_model(checkpoint=args.checkpoint, device=args.device))
-    methods = {
-        model.model_id: {"prompted": evaluate.sam_prompted(model, args.zoom),
-                         "automatic": evaluate.sam_automatic(model, args.points_per_side, args.pred_iou, args.stability)}
-        for model in models
-    }
-    if not args.no_classical:
-        methods[evaluate.CLASSICAL] = {"prompted": evaluate.classical_prompted(args.dark), "automatic": evaluate.classical_automatic(target_filter)}
+    spec = MethodSpec(tuple(args.model or [None]), None if args.checkpoint is None else str(args.checkpoint.resolve()),
+                      args.device, args.zoom, args.points_per_side, args.pred_iou, args.stability, target_filter, not args.no_classical)
+    job = Job(protocols, args.prompt, target_filter)
     select = None
     if args.subset != "all":
         from SAMFusionLib.cases.shared_data import split_of
 
         select = lambda path: split_of(path.stem) == args.subset  # noqa: E731
-    result = evaluate.evaluate_folder(args.images, label_reader(args), methods, protocols, args.prompt, target_filter, args.bootstrap, select=select)
+    reader = label_reader(args)
+    client = None
+    try:
+        if args.workers is None and args.scheduler is None:
+            methods = spec.build()
+            fingerprints, runner = {name: method.fingerprint for name, method in methods.items()}, serial_runner(methods, job)
+        else:
+            from SAMFusionLib.batch import cluster
+
+            client = cluster.client_for(args.workers, args.scheduler)
+            fingerprints, runner = cluster.evaluate_methods(client, spec), cluster.evaluate_runner(client, reader, job)
+        result = evaluate_folder(args.images, reader, fingerprints, runner, job, out, args.bootstrap, select=select)
+        if client is not None:
+            print_worker_memory("evaluate", client)
+    finally:
+        if client is not None:
+            cluster.close(client)
     folder = args.images.resolve()
     title = args.title or (folder.parent.name if folder.name == "images" else folder.name)
     table = evaluate.format_table(result, title, args.prompt)
     with staged_folder(out) as staging:
         (staging / "table.md").write_text(table + "\n")
-        payload = {"title": title, "subset": args.subset, "images": result.images, "prompt": args.prompt, "protocols": protocols,
+        payload = {"title": title, "subset": args.subset, "images": result.images, "prompt": args.prompt, "protocols": list(protocols),
                    "target_filter": vars(target_filter), "rows": result.rows, "failures": result.failures}
         (staging / "table.json").write_text(json.dumps(payload, indent=2))
         if not cv2.imwrite(str(staging / "overlays.png"), evaluate.overlay_examples(result)):
@@ -118,8 +128,7 @@ def cmd_annotate(args) -> int:
             try:
                 cluster.register_segmenter(client, args.model, args.checkpoint and args.checkpoint.resolve(), args.arch, args.device)
                 summary = annotate_folder(source, reader, out, None, args.mask_format, args.zoom, runner=cluster.annotate_runner(client, reader, args.zoom))
-                peaks = cluster.worker_peak_rss_mb(client)
-                print(f"samfusion annotate: {len(peaks)} Dask workers, peak RSS per worker {', '.join(f'{v:.0f}' for v in sorted(peaks.values()))} MB")
+                print_worker_memory("annotate", client)
             finally:
                 cluster.close(client)
         for reason in summary.failures.values():
@@ -163,9 +172,10 @@ def add_parsers(commands) -> None:
     ev.add_argument("--no-classical", action="store_true", help="leave out the classical baseline row")
     ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     ev.add_argument("--title")
-    ev.add_argument("--out", type=Path, required=True, help="folder for table.md, table.json, overlays.png")
+    ev.add_argument("--out", type=Path, required=True, help="folder for table.md, table.json, overlays.png (resumable: evaluate-parts/)")
     group = ev.add_argument_group("models")
-    group.add_argument("--model", action="append", help="model id (repeatable; default: the embedded demo model)")
+    group.add_argument("--model", action="append", help="model id (repeatable; default: the table's default model)")
     group.add_argument("--checkpoint", type=Path, help="also evaluate this checkpoint file")
     group.add_argument("--device", default="auto")
+    add_cluster_options(ev)
     ev.set_defaults(func=cmd_evaluate)

@@ -3,7 +3,7 @@ and the one place that turns an error into ``samfusion: error: ...`` and an exit
 
 Every failure of input is a single line on stderr with exit code 2, and no output file is left
 behind (outputs are written to a temporary name and renamed at the end). Each command group lives in
-its own module (``images``, ``run``, ``evaluate``, ``bench``, ``train``, ``data``), which imports
+its own module (``images``, ``run``, ``cohort``, ``evaluate``, ``bench``, ``train``, ``data``), which imports
 only ``cli.common`` of the command line.
 """
 
@@ -14,7 +14,7 @@ import signal
 import sys
 import warnings
 
-from SAMFusionLib.cli import bench, data, evaluate, images, run, train
+from SAMFusionLib.cli import bench, cohort, data, evaluate, images, run, train
 from SAMFusionLib.cli.common import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_TERMINATED, Parser, Terminated
 from SAMFusionLib.errors import SamFusionError
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(commands)
     evaluate.add_parsers(commands)
     run.add_parser(commands)
+    cohort.add_parsers(commands)
     train.add_parser(commands)
     return parser
 

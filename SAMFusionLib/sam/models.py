@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,9 +22,15 @@ from SAMFusionLib.sam.weights import ensure_cached, import_file, sha256_file, we
 
 
 def resources_dir() -> Path:
-    """The top-level ``Resources/`` folder (model table, embedded demo model)."""
+    """The engine's data folder (model table, embedded model files): ``$SAMFUSION_RESOURCES``, else
+    ``SAMFusionLib/Resources`` where the Slicer extension installs it, else the source tree's
+    top-level ``Resources/``."""
     override = os.environ.get("SAMFUSION_RESOURCES")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "Resources"
+    if override:
+        return Path(override)
+    engine = Path(__file__).resolve().parents[1]
+    installed = engine / "Resources"
+    return installed if (installed / "models.json").is_file() else engine.parent / "Resources"
 
 
 @dataclass(frozen=True)
@@ -188,7 +195,7 @@ def load_model(
     """Load a model by table id (downloading and verifying when needed) or from a checkpoint file.
 
     Args:
-        model_id: a table id; the table's default (the embedded demo model) when both this and
+        model_id: a table id; the table's default (the fine-tuned LiteMedSAM) when both this and
             ``checkpoint`` are None.
         checkpoint: a ``.pth`` file to use directly (offline import path).
         architecture: the architecture of ``checkpoint``; inferred from its shapes when None.
@@ -244,7 +251,7 @@ def _entry_state(table: ModelTable, entry: ModelEntry, show_progress: bool) -> t
     return {**base_state, **state}, f"{base_digest}+{digest}"
 
 
-def _entry_path(entry: ModelEntry, show_progress: bool) -> Path:
+def _entry_path(entry: ModelEntry, show_progress: bool, progress: Callable | None = None, cancelled: Callable | None = None) -> Path:
     if entry.extra.get("package_file"):
         from SAMFusionLib.sam.lite import package_file
 
@@ -262,13 +269,15 @@ def _entry_path(entry: ModelEntry, show_progress: bool) -> Path:
         return path
     if entry.extra.get("path"):
         return Path(entry.extra["path"])
-    return ensure_cached(entry.id, entry.url, entry.filename or f"{entry.id}.pth", entry.sha256, show_progress)
+    return ensure_cached(entry.id, entry.url, entry.filename or f"{entry.id}.pth", entry.sha256, show_progress, progress, cancelled)
 
 
-def fetch_weights(model_id: str, table: ModelTable | None = None, show_progress: bool = True) -> Path:
-    """The verified weights file of a table model, downloading it when needed; builds no model."""
+def fetch_weights(model_id: str, table: ModelTable | None = None, show_progress: bool = True,
+                  progress: Callable | None = None, cancelled: Callable | None = None) -> Path:
+    """The verified weights file of a table model, downloading it when needed; builds no model.
+    ``progress`` and ``cancelled`` as in ``weights.download_file``."""
     table = table or load_table()
-    return _entry_path(table.entry(model_id), show_progress)
+    return _entry_path(table.entry(model_id), show_progress, progress, cancelled)
 
 
 def import_weights(model_id: str, source: Path, table: ModelTable | None = None) -> Path:

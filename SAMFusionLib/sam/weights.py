@@ -13,9 +13,10 @@ import os
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-from SAMFusionLib.errors import SamFusionError
+from SAMFusionLib.errors import Cancelled, SamFusionError
 from SAMFusionLib.imaging.atomic import atomic_path
 
 CHUNK_BYTES = 1 << 20
@@ -63,11 +64,14 @@ def _pin_sha256(model_id: str, digest: str) -> None:
         tmp.write_text(json.dumps(pins, indent=2, sort_keys=True))
 
 
-def download_file(url: str, destination: Path, expected_sha256: str | None, show_progress: bool = True) -> str:
+def download_file(url: str, destination: Path, expected_sha256: str | None, show_progress: bool = True,
+                  progress: Callable[[int, int | None], None] | None = None, cancelled: Callable[[], bool] | None = None) -> str:
     """Download ``url`` to ``destination`` via a temporary file; verify and return its SHA256.
 
-    Raises SamFusionError when offline, on an HTTP error, or on a checksum mismatch. In every error
-    case ``destination`` is left as it was and no temporary file remains.
+    ``progress(bytes so far, total bytes or None)`` is called after each block; ``cancelled()``
+    is asked before each block, and True raises ``Cancelled``. Raises SamFusionError when offline,
+    on an HTTP error, or on a checksum mismatch. In every error case (and on a cancel)
+    ``destination`` is left as it was and no temporary file remains.
     """
     from tqdm import tqdm
 
@@ -78,10 +82,16 @@ def download_file(url: str, destination: Path, expected_sha256: str | None, show
             with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
                 total = int(response.headers.get("Content-Length") or 0) or None
                 with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name, disable=not show_progress) as bar:
+                    done = 0
                     for block in iter(lambda: response.read(CHUNK_BYTES), b""):
+                        if cancelled is not None and cancelled():
+                            raise Cancelled(f"download of {destination.name} cancelled")
                         out.write(block)
                         digest.update(block)
                         bar.update(len(block))
+                        done += len(block)
+                        if progress is not None:
+                            progress(done, total)
             actual = digest.hexdigest()
             if expected_sha256 and actual != expected_sha256.lower():
                 raise SamFusionError(
@@ -96,7 +106,8 @@ def download_file(url: str, destination: Path, expected_sha256: str | None, show
         ) from None
 
 
-def ensure_cached(model_id: str, url: str | None, filename: str, expected_sha256: str | None, show_progress: bool = True) -> Path:
+def ensure_cached(model_id: str, url: str | None, filename: str, expected_sha256: str | None, show_progress: bool = True,
+                  progress: Callable[[int, int | None], None] | None = None, cancelled: Callable[[], bool] | None = None) -> Path:
     """Return the verified cached weights of a table model, downloading them when needed.
 
     A cached file whose hash does not match is downloaded again. A model without a published hash
@@ -109,7 +120,7 @@ def ensure_cached(model_id: str, url: str | None, filename: str, expected_sha256
             return path
     if not url:
         raise SamFusionError(f"model {model_id!r} is not cached and has no download URL; import it with 'samfusion weights import'")
-    actual = download_file(url, path, expected, show_progress)
+    actual = download_file(url, path, expected, show_progress, progress, cancelled)
     if expected is None:
         _pin_sha256(model_id, actual)
     return path
@@ -130,3 +141,35 @@ def import_file(model_id: str, source: Path, filename: str, expected_sha256: str
     if expected is None:
         _pin_sha256(model_id, actual)
     return destination
+
+
+class BackgroundDownload:
+    """A download running on a worker thread (``concurrent.futures``), so that a GUI stays live.
+
+    ``fetch(progress, cancelled)`` is called on the thread (``models.fetch_weights`` takes both).
+    The GUI thread polls ``fraction`` (0..1, or None while the size is unknown) and ``done()``, asks
+    ``cancel()``, and reads the path (or the error) with ``result()``.
+    """
+
+    def __init__(self, fetch: Callable[[Callable, Callable], Path]) -> None:
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.fraction: float | None = None
+        self._cancel = threading.Event()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samfusion-download")
+        self._future = executor.submit(fetch, self._progress, self._cancel.is_set)
+        executor.shutdown(wait=False)  # the thread ends with its one task
+
+    def _progress(self, done: int, total: int | None) -> None:
+        self.fraction = None if not total else min(done / total, 1.0)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> Path:
+        """The downloaded file's path; raises what the download raised (``Cancelled`` on a cancel)."""
+        return self._future.result(timeout)

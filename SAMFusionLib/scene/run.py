@@ -113,6 +113,13 @@ def run_on_scene(
     """
     inputs = read_inputs(nodes)
     result = run_pipeline(segmenter, inputs, options, progress, cancelled)
+    return add_outputs(scene, nodes, result, options, apply_transform, reuse), result
+
+
+def add_outputs(scene, nodes: SceneInputs, result: PipelineResult, options: PipelineOptions = PipelineOptions(),
+                apply_transform: bool = True, reuse: SceneOutputs | None = None) -> SceneOutputs:
+    """The output nodes of a finished pipeline run, added to ``scene`` all or nothing (the second half
+    of ``run_on_scene``; an app that runs the pipeline on a worker thread calls it on the scene's)."""
     ct_name, xray_name = nodes.ct.GetName(), nodes.xray.GetName()
     old = reuse or SceneOutputs(None, None, None, None, None, None)
     with mrml.SceneTransaction(scene):
@@ -132,7 +139,7 @@ def run_on_scene(
                     node.SetAndObserveTransformNodeID(transform.GetID())
     outputs = SceneOutputs(ct_segmentation, xray_segmentation, projection, transform, grid, fused)
     result.report["nodes"] = outputs.node_ids()
-    return outputs, result
+    return outputs
 
 
 def add_case_nodes(scene, inputs: PipelineInputs, ct_name: str, xray_name: str, target_name: str = "target") -> SceneInputs:
