@@ -6,13 +6,19 @@ SAMFUSION := $(VENV)/bin/samfusion
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 
-.PHONY: install demo test lint bench-segment demo-model lite-model clean
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: install demo test serve lint bench-segment demo-model lite-model clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither" || true
-	$(PY) -c "import SAMFusionLib, segment_anything, torch, SimpleITK, slicer"
+	$(PY) -c "import SAMFusionLib, segment_anything, torch, SimpleITK, slicer, trame_slicer"
 	touch $(STAMP)
+
+# The browser the web app's tests drive: the Debian package, never a browser download.
+$(CHROMIUM):
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
 install: $(STAMP)
 
@@ -23,8 +29,12 @@ demo: $(STAMP)
 	$(SAMFUSION) run --out $(DEMO_OUT)
 	@echo "open $(DEMO_OUT)/SAMFusion.mrml in 3D Slicer; see $(DEMO_OUT)/report.png and report.json"
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q Testing
+
+# The web app on http://127.0.0.1:8080/ (SERVE_ARGS="--port 9000 --data DIR" to change).
+serve: $(STAMP)
+	$(SAMFUSION) serve $(SERVE_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -159,3 +159,17 @@ def tre_mm(case: DemoCase, sitk_transform) -> float:
     estimated = np.array([sitk_transform.TransformPoint(tuple(p)) for p in case.test_points])
     expected = np.array([case.truth.TransformPoint(tuple(p)) for p in case.test_points])
     return float(np.linalg.norm(estimated - expected, axis=1).mean())
+
+
+def truth_report(case: DemoCase, result) -> dict:
+    """A run's figures against the case's known truth (``report.json``'s ``case``): the masks' Dice
+    and the registration's TRE (mm). ``result`` is the ``PipelineResult`` of a run on the case."""
+    from SAMFusionLib.imaging.metrics import dice
+
+    return {
+        "name": "embedded default case",
+        "description": case.description,
+        "ct_dice_vs_truth": round(dice(result.ct_mask_kji, case.ct_target_mask), 4),
+        "xray_dice_vs_truth": round(dice(result.xray_mask, case.xray_target_mask), 4),
+        "registration_tre_mm": round(tre_mm(case, result.registration.sitk_transform), 3),
+    }

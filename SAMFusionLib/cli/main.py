@@ -14,7 +14,7 @@ import signal
 import sys
 import warnings
 
-from SAMFusionLib.cli import bench, cohort, data, evaluate, images, run, train
+from SAMFusionLib.cli import bench, cohort, data, evaluate, images, run, serve, train
 from SAMFusionLib.cli.common import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_TERMINATED, Parser, Terminated
 from SAMFusionLib.errors import SamFusionError
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parsers(commands)
     run.add_parser(commands)
     cohort.add_parsers(commands)
+    serve.add_parser(commands)
     train.add_parser(commands)
     return parser
 

@@ -62,16 +62,9 @@ def cmd_run(args) -> int:
     report = result.report
     report["model"] = model_report(model)
     if case is not None:
-        from SAMFusionLib.cases.demo_case import tre_mm
-        from SAMFusionLib.imaging.metrics import dice
+        from SAMFusionLib.cases.demo_case import truth_report
 
-        report["case"] = {
-            "name": "embedded default case",
-            "description": case.description,
-            "ct_dice_vs_truth": round(dice(result.ct_mask_kji, case.ct_target_mask), 4),
-            "xray_dice_vs_truth": round(dice(result.xray_mask, case.xray_target_mask), 4),
-            "registration_tre_mm": round(tre_mm(case, result.registration.sitk_transform), 3),
-        }
+        report["case"] = truth_report(case, result)
     # process_seconds: what the user waited for: interpreter start-up, imports, model, pipeline, scene.
     write_outputs(slicer_core.scene, result, report, out, process_seconds)
     passed = report["registration"]["passed"]
