@@ -47,22 +47,24 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(data_dir):
+def server(data_dir, tmp_path_factory):
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
             pytest.fail("the web tests need the Debian package chromium (make test installs it)")
         pytest.skip("no /usr/bin/chromium: install the Debian package chromium (make test does)")
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-c", "import sys; from SAMFusionLib.cli.main import main; sys.exit(main())", "serve",
-                                "--port", str(port), "--model", "samfusion-demo", "--data", str(data_dir), "--max-upload-mb", "64"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The server's output goes to a file: a pipe nobody reads would fill up and stall the server.
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "-c", "import sys; from SAMFusionLib.cli.main import main; sys.exit(main())", "serve",
+                                    "--port", str(port), "--model", "samfusion-demo", "--data", str(data_dir), "--max-upload-mb", "64"],
+                                   stdout=log, stderr=subprocess.STDOUT, text=True)
     url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line and process.poll() is not None:
-            pytest.fail(f"samfusion serve exited with {process.returncode}")
-        if line.startswith(f"samfusion serve: {url}"):
-            break
+    while f"samfusion serve: {url}" not in log_path.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"samfusion serve did not start: {log_path.read_text()[-2000:]}")
+        time.sleep(0.2)
     yield url
     process.terminate()
     process.wait(timeout=30)
@@ -179,6 +181,17 @@ def test_a_text_file_uploaded_as_a_ct_is_refused_and_adds_no_node(page):
     assert "embedded default case" in page.inner_text("#sf-case")
 
 
+def wait_for_state(page, name: str, value, seconds: float) -> None:
+    """Wait until the page's trame state ``name`` is ``value``; fail with the run's state if it is not."""
+    names = ["sf_running", "sf_step", "sf_progress", "sf_message", "sf_model", "sf_verdict"]
+    deadline = time.monotonic() + seconds
+    while page.evaluate("(name) => window.trame.state.get(name)", name) != value:
+        if time.monotonic() > deadline:
+            state = page.evaluate("(names) => names.map((n) => window.trame.state.get(n))", names)
+            pytest.fail(f"{name} never became {value!r}: {dict(zip(names, state))}")
+        time.sleep(0.2)
+
+
 def test_cancel_during_a_run_leaves_the_scene_as_it_was(page):
     """With the default model (LiteMedSAM, about a second per CT slice) the run is long enough to
     cancel while it segments; the progress bar shows meanwhile."""
@@ -188,7 +201,7 @@ def test_cancel_during_a_run_leaves_the_scene_as_it_was(page):
     page.evaluate("() => window.trame.state.set('sf_model', 'samfusion-lite')")
     page.click("#sf-run")
     page.wait_for_selector("#sf-progress:visible", timeout=60000)
-    page.wait_for_function("window.trame.state.get('sf_step') === 'segment CT'", timeout=120000)
+    wait_for_state(page, "sf_step", "segment CT", 120)
     page.click("#sf-cancel")
     page.wait_for_function("document.querySelector('#sf-message').textContent.includes('cancelled')", timeout=120000)
     assert page.inner_text("#sf-scene") == before
