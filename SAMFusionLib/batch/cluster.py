@@ -98,18 +98,26 @@ def _annotate_task(path: str, targets_of: Callable, zoom: str):
     return annotate_image(Path(path), targets_of, worker_segmenter(), zoom)
 
 
+def as_finished(futures: dict, name_of: Callable) -> Iterator:
+    """``(item, result, None)`` or ``(item, None, "name: Error: message")`` for each of ``futures``
+    (future -> item) as it finishes. ``name_of(item)`` names the item in the error line."""
+    from distributed import as_completed
+
+    for future in as_completed(futures):
+        item = futures[future]
+        try:
+            yield item, future.result(), None
+        except Exception as error:  # the task raised, or its workers kept dying: this item failed
+            yield item, None, f"{name_of(item)}: {type(error).__name__}: {error}"
+
+
 def annotate_runner(client, targets_of: Callable, zoom: str) -> Callable[[list[Path]], Iterator]:
     """A ``runner`` for ``annotate_folder``: each image one task, yielded as it finishes."""
-    from distributed import as_completed
 
     def run(paths: list[Path]) -> Iterator:
         futures = {client.submit(_annotate_task, str(path), targets_of, zoom, pure=False, retries=2): path for path in paths}
-        for future in as_completed(futures):
-            path = futures[future]
-            try:
-                yield path, future.result()
-            except Exception as error:  # the task raised, or its workers kept dying: this image failed
-                yield path, (None, [], f"{path.name}: {type(error).__name__}: {error}")
+        for path, result, error in as_finished(futures, lambda path: path.name):
+            yield path, (None, [], error) if error else result
 
     return run
 
@@ -158,17 +166,10 @@ def evaluate_methods(client, spec) -> dict[str, str]:
 
 def evaluate_runner(client, targets_of: Callable, job) -> Callable:
     """A ``runner`` for ``evaluate_run.evaluate_folder``: each image one task, yielded as it finishes."""
-    from distributed import as_completed
-
     def run(pending: list, loaded: list) -> Iterator:
         futures = {client.submit(_evaluate_task, str(path), targets_of, todo, job, pure=False, retries=2): index
                    for index, path, todo in pending}
-        for future in as_completed(futures):
-            index = futures[future]
-            try:
-                yield index, future.result(), None
-            except Exception as error:  # the task raised, or its workers kept dying: this image failed
-                yield index, None, f"{loaded[index][0]}: {type(error).__name__}: {error}"
+        yield from as_finished(futures, lambda index: loaded[index][0])
 
     return run
 
@@ -183,15 +184,8 @@ def _case_task(row, options, out_root: str):
 
 def cohort_runner(client, options, out_root: Path) -> Callable:
     """A ``runner`` for ``cohort.run_cohort``: each case one task, yielded as it finishes."""
-    from distributed import as_completed
-
     def run(rows: list) -> Iterator:
         futures = {client.submit(_case_task, row, options, str(out_root), pure=False, retries=2): row for row in rows}
-        for future in as_completed(futures):
-            row = futures[future]
-            try:
-                yield row, future.result(), None
-            except Exception as error:  # the case raised, or its workers kept dying: this case failed
-                yield row, None, f"{row.name}: {type(error).__name__}: {error}"
+        yield from as_finished(futures, lambda row: row.name)
 
     return run

@@ -12,10 +12,10 @@ from SAMFusionLib.cli.common import (
     add_cluster_options,
     add_model_options,
     add_pipeline_options,
+    dask_client,
     holding_out_folder,
     load_model_from_args,
     pipeline_options,
-    print_worker_memory,
 )
 from SAMFusionLib.errors import SamFusionError
 
@@ -34,15 +34,8 @@ def cmd_run_batch(args) -> int:
     else:
         from SAMFusionLib.batch import cluster
 
-        if args.arch and args.checkpoint is None:
-            raise SamFusionError("--arch applies only with --checkpoint")
-        client = cluster.client_for(args.workers, args.scheduler)
-        try:
-            cluster.register_segmenter(client, args.model, args.checkpoint and args.checkpoint.resolve(), args.arch, args.device)
+        with dask_client(args, "run-batch") as client:
             summary = cohort.run_cohort(rows, out.resolve(), cluster.cohort_runner(client, options, out.resolve()))
-            print_worker_memory("run-batch", client)
-        finally:
-            cluster.close(client)
     for reason in summary.failures.values():
         print(f"samfusion: failed: {reason}", file=sys.stderr)
     failed = sum(row["verdict"] == "failed" for row in summary.rows)

@@ -7,6 +7,7 @@ The command modules import this one, never each other or ``main`` (which imports
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import re
 from pathlib import Path
@@ -131,9 +132,20 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--scheduler", metavar="ADDRESS", help="run on a running Dask cluster, e.g. tcp://10.0.0.5:8786")
 
 
-def print_worker_memory(command: str, client) -> None:
-    """One line: how many Dask workers ran, and each one's peak resident memory."""
+@contextlib.contextmanager
+def dask_client(args, command: str, segmenter: bool = True):
+    """A Dask client for ``--workers`` / ``--scheduler``, with the model's segmenter on every worker
+    when ``segmenter``; on success prints the workers' peak memory; always closes what it started."""
     from SAMFusionLib.batch import cluster
 
-    peaks = cluster.worker_peak_rss_mb(client)
-    print(f"samfusion {command}: {len(peaks)} Dask workers, peak RSS per worker {', '.join(f'{v:.0f}' for v in sorted(peaks.values()))} MB")
+    if segmenter and args.arch and args.checkpoint is None:
+        raise SamFusionError("--arch applies only with --checkpoint")
+    client = cluster.client_for(args.workers, args.scheduler)
+    try:
+        if segmenter:
+            cluster.register_segmenter(client, args.model, args.checkpoint and args.checkpoint.resolve(), args.arch, args.device)
+        yield client
+        peaks = cluster.worker_peak_rss_mb(client)
+        print(f"samfusion {command}: {len(peaks)} Dask workers, peak RSS per worker {', '.join(f'{v:.0f}' for v in sorted(peaks.values()))} MB")
+    finally:
+        cluster.close(client)

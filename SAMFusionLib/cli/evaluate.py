@@ -11,9 +11,9 @@ from SAMFusionLib.cli.common import (
     EXIT_SOME_FILES_FAILED,
     add_cluster_options,
     add_model_options,
+    dask_client,
     holding_out_folder,
     load_model_from_args,
-    print_worker_memory,
 )
 from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.imaging.atomic import staged_folder
@@ -74,22 +74,16 @@ def cmd_evaluate(args) -> int:
 
         select = lambda path: split_of(path.stem) == args.subset  # noqa: E731
     reader = label_reader(args)
-    client = None
-    try:
-        if args.workers is None and args.scheduler is None:
-            methods = spec.build()
-            fingerprints, runner = {name: method.fingerprint for name, method in methods.items()}, serial_runner(methods, job)
-        else:
-            from SAMFusionLib.batch import cluster
+    if args.workers is None and args.scheduler is None:
+        methods = spec.build()
+        fingerprints = {name: method.fingerprint for name, method in methods.items()}
+        result = evaluate_folder(args.images, reader, fingerprints, serial_runner(methods, job), job, out, args.bootstrap, select=select)
+    else:
+        from SAMFusionLib.batch import cluster
 
-            client = cluster.client_for(args.workers, args.scheduler)
+        with dask_client(args, "evaluate", segmenter=False) as client:  # the methods carry their own models
             fingerprints, runner = cluster.evaluate_methods(client, spec), cluster.evaluate_runner(client, reader, job)
-        result = evaluate_folder(args.images, reader, fingerprints, runner, job, out, args.bootstrap, select=select)
-        if client is not None:
-            print_worker_memory("evaluate", client)
-    finally:
-        if client is not None:
-            cluster.close(client)
+            result = evaluate_folder(args.images, reader, fingerprints, runner, job, out, args.bootstrap, select=select)
     folder = args.images.resolve()
     title = args.title or (folder.parent.name if folder.name == "images" else folder.name)
     table = evaluate.format_table(result, title, args.prompt)
@@ -122,15 +116,8 @@ def cmd_annotate(args) -> int:
         else:
             from SAMFusionLib.batch import cluster
 
-            if args.arch and args.checkpoint is None:
-                raise SamFusionError("--arch applies only with --checkpoint")
-            client = cluster.client_for(args.workers, args.scheduler)
-            try:
-                cluster.register_segmenter(client, args.model, args.checkpoint and args.checkpoint.resolve(), args.arch, args.device)
+            with dask_client(args, "annotate") as client:
                 summary = annotate_folder(source, reader, out, None, args.mask_format, args.zoom, runner=cluster.annotate_runner(client, reader, args.zoom))
-                print_worker_memory("annotate", client)
-            finally:
-                cluster.close(client)
         for reason in summary.failures.values():
             print(f"samfusion: failed: {reason}", file=sys.stderr)
         print(f"samfusion annotate: {len(summary.done)} annotated, {len(summary.skipped)} already done, {len(summary.failures)} failed; "
