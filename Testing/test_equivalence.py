@@ -48,7 +48,7 @@ def test_same_masks_and_logits_as_sampredictor(tiny_model, images, name):
     base, other = images
     prompt = PROMPTS[name]
     masks, scores, logits = _official(tiny_model, base, prompt)
-    segmenter = Segmenter(tiny_model)
+    segmenter = Segmenter(tiny_model, precision="fp32")  # the same arithmetic as SamPredictor
     segmenter.set_image(base)
     segmenter.set_image(other)
     segmenter.set_image(base)  # the second visit comes from the embedding cache
@@ -79,7 +79,7 @@ def test_previous_low_res_mask_as_input(tiny_model, images):
     previous = logits[np.argmax(scores)][None]
     refine = dict(points=[[60.0, 40.0], [150.0, 90.0]], labels=[1, 0], box=None, multimask=False)
     masks, _, refined_logits = _official(tiny_model, base, refine, mask_input=previous)
-    segmenter = Segmenter(tiny_model)
+    segmenter = Segmenter(tiny_model, precision="fp32")  # the same arithmetic as SamPredictor
     segmenter.set_image(base)
     ours_first = _ours(segmenter, first)
     ours = _ours(segmenter, refine, mask_input=ours_first.low_res_logits)
@@ -92,7 +92,7 @@ def test_batched_encoding_matches_one_by_one(tiny_model, images):
     third = np.ascontiguousarray(base[::-1])
     prompt = PROMPTS["box_and_points"]
     references = [_official(tiny_model, rgb, prompt) for rgb in (base, other, third)]
-    segmenter = Segmenter(tiny_model, cache=EmbeddingCache())
+    segmenter = Segmenter(tiny_model, cache=EmbeddingCache(), precision="fp32")
     keys = segmenter.embed_many([base, other, third], batch_size=3)
     assert len(set(keys)) == 3 and len(segmenter.cache) == 3
     for rgb, (masks, _, logits) in zip((base, other, third), references, strict=True):

@@ -321,6 +321,10 @@ def test_run_without_arguments_writes_the_default_case(tmp_path, capsys):
     table = load_table()
     assert report["model"]["id"] == table.default and report["model"]["title"] == table.entry(table.default).title
     assert "not a medical device" in report["model"]["note"]
+    from SAMFusionLib.sam.segmenter import resolve_precision
+
+    # The default model (LiteMedSAM, measured under bf16): bf16 where this CPU computes it natively, else fp32.
+    assert report["model"]["encoder_precision"] == resolve_precision("auto", "cpu", bf16_measured=True)
     assert report["registration"]["passed"] == (code == 0)
     for key in ("dice_before", "dice_after", "match_loss_before", "match_loss_after", "reason"):
         assert key in report["registration"]

@@ -192,13 +192,20 @@ def wait_for_state(page, name: str, value, seconds: float) -> None:
         time.sleep(0.2)
 
 
+def choose_model(page, model_id: str, title: str) -> None:
+    """Choose the model and wait for the server's answer (the page's model line): a Run clicked
+    before the server has the choice would use the previous model."""
+    page.evaluate("(model) => window.trame.state.set('sf_model', model)", model_id)
+    page.wait_for_function("(title) => document.querySelector('#sf-model-title').textContent.includes(title)", arg=title, timeout=30000)
+
+
 def test_cancel_during_a_run_leaves_the_scene_as_it_was(page):
     """With the default model (LiteMedSAM, about a second per CT slice) the run is long enough to
     cancel while it segments; the progress bar shows meanwhile."""
     page.click("#sf-load-default")
     page.wait_for_function("document.querySelector('#sf-scene').innerText.includes('2 volumes, 0 segmentations')", timeout=60000)
     before = page.inner_text("#sf-scene")
-    page.evaluate("() => window.trame.state.set('sf_model', 'samfusion-lite')")
+    choose_model(page, "samfusion-lite", "LiteMedSAM with prompt encoder")
     page.click("#sf-run")
     page.wait_for_selector("#sf-progress:visible", timeout=60000)
     wait_for_state(page, "sf_step", "segment CT", 120)
@@ -206,7 +213,7 @@ def test_cancel_during_a_run_leaves_the_scene_as_it_was(page):
     page.wait_for_function("document.querySelector('#sf-message').textContent.includes('cancelled')", timeout=120000)
     assert page.inner_text("#sf-scene") == before
     assert not page.is_visible("#sf-verdict")
-    page.evaluate("() => window.trame.state.set('sf_model', 'samfusion-demo')")
+    choose_model(page, "samfusion-demo", "SAMFusion demo model")
 
 
 def call(page, trigger: str, *args) -> None:

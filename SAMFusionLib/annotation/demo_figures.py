@@ -141,12 +141,12 @@ def kidney_dice(segmenter) -> dict:
     return {"targets": len(scores), "mean_dice": float(np.mean(list(scores.values()))), **{f"dice_{k}": round(v, 4) for k, v in scores.items()}}
 
 
-def sam_segmenters(model, zoom: str = "auto") -> tuple[PointSegmenter, BoxSegmenter]:
+def sam_segmenters(model, zoom: str = "auto", precision: str = "auto") -> tuple[PointSegmenter, BoxSegmenter]:
     """Point and box segmenters of a loaded model through the engine (embedding cache, zoom)."""
     from SAMFusionLib.sam.segmenter import Segmenter
     from SAMFusionLib.sam.zoom import predict_zoomed
 
-    segmenter = Segmenter(model)
+    segmenter = Segmenter(model, precision=precision)
 
     def rgb(image: np.ndarray) -> np.ndarray:
         return np.repeat(image[:, :, None], 3, axis=2)
@@ -160,15 +160,18 @@ def sam_segmenters(model, zoom: str = "auto") -> tuple[PointSegmenter, BoxSegmen
     return by_point, by_box
 
 
-def figure_table(models: list) -> dict:
-    """Per model (through the engine, zoom ``auto`` as the pipeline): stone hit rate, lung Dice and
-    kidney Dice; and the classical baselines (no kidney figure: Otsu has no ROI-only rule for it)."""
+def figure_table(models: list, precision: str = "auto") -> dict:
+    """Per model (through the engine, zoom ``auto`` as the pipeline, the image encoder at
+    ``precision``): stone hit rate, lung Dice and kidney Dice; and the classical baselines (no
+    kidney figure: Otsu has no ROI-only rule for it)."""
     from SAMFusionLib.sam.segmenter import Segmenter
 
     rows = {}
     for model in models:
-        by_point, by_box = sam_segmenters(model, "auto")
-        rows[model.model_id] = {"stones": stone_hit_rate(by_point), "lungs": lung_dice(by_box), "kidneys": kidney_dice(Segmenter(model))}
+        by_point, by_box = sam_segmenters(model, "auto", precision)
+        kidneys = Segmenter(model, precision=precision)
+        rows[model.model_id] = {"stones": stone_hit_rate(by_point), "lungs": lung_dice(by_box), "kidneys": kidney_dice(kidneys),
+                                "encoder": kidneys.precision}
     rows["classical (Otsu)"] = {"stones": stone_hit_rate(otsu_point_baseline), "lungs": lung_dice(otsu_box_baseline)}
     return rows
 
@@ -178,11 +181,11 @@ def format_figures(rows: dict) -> str:
     lines = [
         "Validation split of ../shared/data (never trained on)",
         "",
-        "| model | stones: hit rate (1 point, IoU >= 0.5) | lungs: mean Dice (1 box per lung) | kidneys: mean Dice (ROI + 1 point, cranial halves) |",
-        "|---|---|---|---|",
+        "| model | encoder | stones: hit rate (1 point, IoU >= 0.5) | lungs: mean Dice (1 box per lung) | kidneys: mean Dice (ROI + 1 point, cranial halves) |",
+        "|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         stones, lungs = row["stones"], row["lungs"]
         kidneys = f"{row['kidneys']['mean_dice']:.3f} ({row['kidneys']['targets']} kidneys)" if "kidneys" in row else "-"
-        lines.append(f"| {name} | {stones['hit_rate']:.3f} ({stones['targets']} stones) | {lungs['mean_dice']:.3f} ({lungs['targets']} lungs) | {kidneys} |")
+        lines.append(f"| {name} | {row.get('encoder', '-')} | {stones['hit_rate']:.3f} ({stones['targets']} stones) | {lungs['mean_dice']:.3f} ({lungs['targets']} lungs) | {kidneys} |")
     return "\n".join(lines)

@@ -103,7 +103,7 @@ def run_case(row: CaseRow, segmenter, options, out_root: Path) -> dict:
     nodes = load_file_case(core.scene, row.ct, row.xray, list(row.prompts))
     _, result = run_on_scene(core.scene, nodes, segmenter, options)
     report = result.report
-    report["model"] = model_report(segmenter.model)
+    report["model"] = model_report(segmenter)
     if row.truth is not None:
         report["case"] = {"name": row.name, "registration_tre_mm": round(landmark_tre_mm(result.registration.sitk_transform, row.truth), 3)}
     report["case_seconds"] = round(time.perf_counter() - started, 2)

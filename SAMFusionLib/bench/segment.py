@@ -84,7 +84,7 @@ def run_benchmark(args, model=None) -> dict:
         naive_logits.append(logits[0])
     naive_s = time.perf_counter() - start
 
-    segmenter = Segmenter(model, precision=args.precision)
+    segmenter = Segmenter(model, precision=args.precision or "fp32")
     start = time.perf_counter()
     result = segment_volume(segmenter, hu, geometry, prompts, window="soft_tissue", propagate=False, zoom="off", batch_size=args.batch_size)
     project_s = time.perf_counter() - start
@@ -98,7 +98,7 @@ def run_benchmark(args, model=None) -> dict:
 
     # The encoder alone: the same slices into a fresh cache.
     start = time.perf_counter()
-    Segmenter(model, precision=args.precision).embed_many(images, args.batch_size or (1 if model.device == "cpu" else 4))
+    Segmenter(model, precision=args.precision or "fp32").embed_many(images, args.batch_size or (1 if model.device == "cpu" else 4))
     encoder_s = time.perf_counter() - start
 
     latencies = []
@@ -115,7 +115,7 @@ def run_benchmark(args, model=None) -> dict:
         "slices": len(indices),
         "model": model.model_id,
         "device": model.device,
-        "precision": args.precision,
+        "precision": segmenter.precision,
         "batch_size": args.batch_size or (1 if model.device == "cpu" else 4),
         "naive_s": round(naive_s, 4),
         "project_s": round(project_s, 4),

@@ -12,7 +12,8 @@ def cmd_bench(args) -> int:
     if args.what == "demo-model":
         from SAMFusionLib.annotation.demo_figures import figure_table, format_figures
 
-        figures = figure_table([load_model(model_id, checkpoint, args.arch, args.device) for model_id, checkpoint in _models(args)])
+        models = [load_model(model_id, checkpoint, args.arch, args.device) for model_id, checkpoint in _models(args)]
+        figures = figure_table(models, args.precision or "auto")  # what users get: the engine's default precision
         print(json.dumps(figures) if args.json else format_figures(figures))
         return 0
     if args.what == "register":
@@ -87,7 +88,9 @@ def add_parser(commands) -> None:
     bench.add_argument("--slices", type=int, default=8, help="segment: ROI slices to segment (>= 8)")
     bench.add_argument("--batch-size", type=int, help="segment: slices per encoder call (default 1 on CPU, 4 on GPU)")
     bench.add_argument("--random-arch", help="time a randomly initialised model of this architecture (e.g. vit_b)")
-    bench.add_argument("--precision", default="fp32", help="fp32, or bf16/fp16 autocast on CUDA")
+    bench.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                       help="the image encoder's precision: segment default fp32 (the naive loop's, so the masks compare), "
+                            "demo-model default auto (bf16 on a CPU with native bf16, else fp32); fp16 on CUDA only")
     bench.add_argument("--models", help="segment, demo-model: comma-separated model ids (default: " + ", ".join(LOCAL_MODELS) + ")")
     add_model_options(bench)
     bench.set_defaults(func=cmd_bench)

@@ -55,12 +55,13 @@ def cmd_run(args) -> int:
     options = pipeline_options(args)
     progress = _progress_bar()
     try:
-        outputs, result = run_on_scene(slicer_core.scene, nodes, Segmenter(model), options, progress=progress)
+        segmenter = Segmenter(model)
+        outputs, result = run_on_scene(slicer_core.scene, nodes, segmenter, options, progress=progress)
     finally:
         progress.close()
 
     report = result.report
-    report["model"] = model_report(model)
+    report["model"] = model_report(segmenter)
     if case is not None:
         from SAMFusionLib.cases.demo_case import truth_report
 

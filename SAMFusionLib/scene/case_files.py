@@ -85,12 +85,14 @@ def _side_by_geometry(node, ct_geometry, plane, is_roi: bool) -> str:
     return "xray" if on_xray else "ct"
 
 
-def model_report(model) -> dict:
-    """The report's ``model`` entry: what produced the masks."""
+def model_report(segmenter) -> dict:
+    """The report's ``model`` entry: what produced the masks (a ``Segmenter``: the model and the
+    image encoder's precision)."""
     from SAMFusionLib.sam.models import load_table
 
-    models = load_table().models
+    model, models = segmenter.model, load_table().models
     return {"id": model.model_id, "architecture": model.architecture, "device": model.device, "fingerprint": model.fingerprint,
+            "encoder_precision": segmenter.precision,
             "title": models[model.model_id].title if model.model_id in models else "", "note": NOT_MEDICAL}
 
 

@@ -78,9 +78,16 @@ class SamFusionWebApp:
             "sf_data_ct": uploads.data_choices(self.data_dir, uploads.CT_SUFFIXES), "sf_data_xray": uploads.data_choices(self.data_dir, uploads.XRAY_SUFFIXES),
             "sf_data_ct_pick": None, "sf_data_xray_pick": None, "sf_has_data": self.data_dir is not None,
         })
+        self._model_titles = {model: entry.title for model, entry in table.models.items()}
+        # The server's answer to a model choice: the page shows what the next Run will use.
+        self.state.change("sf_model")(self._on_model_chosen)
+        self._on_model_chosen(self.state.sf_model)
         from SAMFusionLib.web.page import build_page
 
         self.ui = build_page(self)
+
+    def _on_model_chosen(self, sf_model, **_) -> None:
+        self.state.sf_model_title = self._model_titles.get(sf_model, "")
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -222,7 +229,7 @@ class SamFusionWebApp:
                         step, fraction = self._progress
                         self.state.sf_step, self.state.sf_progress = step, round(100 * fraction)
                 result = work.result()
-                self._publish(result, options, segmenter.model)
+                self._publish(result, options, segmenter)
             except Cancelled:
                 self.state.sf_message = "cancelled: the scene is as it was"
             finally:
@@ -235,7 +242,7 @@ class SamFusionWebApp:
         index = STEPS.index(step) if step in STEPS else 0
         self._progress = (step, (index + min(max(fraction, 0.0), 1.0)) / len(STEPS))
 
-    def _publish(self, result, options, model) -> None:
+    def _publish(self, result, options, segmenter) -> None:
         """Output nodes into the scene, the run's folder and zip, the verdict and report on the page."""
         from SAMFusionLib.scene.case_files import model_report, write_outputs
         from SAMFusionLib.scene.run import add_outputs
@@ -246,7 +253,7 @@ class SamFusionWebApp:
         outputs = add_outputs(self.slicer.scene, self.nodes, result, options, apply_transform=False)
         self.output_nodes = [node for node in vars(outputs).values() if node is not None]
         report = result.report
-        report["model"] = model_report(model)
+        report["model"] = model_report(segmenter)
         if self.case is not None:
             from SAMFusionLib.cases.demo_case import truth_report
 

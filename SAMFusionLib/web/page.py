@@ -46,6 +46,7 @@ def build_page(app):
                 v.VBtn("Stop placing", size="small", click=app.stop_placing)
                 html.Div("3. Options", classes="text-subtitle-1 mt-2")
                 v.VSelect(label="Model", items=("sf_models",), v_model=("sf_model",), density="compact", id="sf-model", disabled=("sf_running",))
+                html.Div("{{ sf_model_title }}", id="sf-model-title", classes="text-caption mb-2")
                 v.VSelect(label="Transform", items=("sf_transforms",), v_model=("sf_transform",), density="compact", disabled=("sf_running",))
                 v.VSelect(label="Projection view", items=("sf_views",), v_model=("sf_view",), density="compact", disabled=("sf_running",))
                 v.VSelect(label="Projection", items=("sf_projections",), v_model=("sf_projection",), density="compact", disabled=("sf_running",))
