@@ -57,7 +57,7 @@ class MethodSpec:
     def build(self) -> dict[str, Method]:
         """{row name: Method}: each model (then the checkpoint), then the classical baseline."""
         from SAMFusionLib.sam.models import load_model
-        from SAMFusionLib.sam.segmenter import bf16_measured, resolve_precision
+        from SAMFusionLib.sam.segmenter import encoder_precision
 
         models = [load_model(model_id, device=self.device) for model_id in self.model_ids]
         if self.checkpoint is not None:
@@ -65,7 +65,7 @@ class MethodSpec:
         methods = {}
         for model in models:
             options = (f"zoom={self.zoom};grid={self.points_per_side};iou={self.pred_iou};stability={self.stability};"
-                       f"precision={resolve_precision('auto', model.device, bf16_measured(model))}")  # the Segmenters' encoder precision
+                       f"precision={encoder_precision(model)}")  # what the methods' Segmenters encode at
             methods[model.model_id] = Method(evaluate.sam_prompted(model, self.zoom),
                                              evaluate.sam_automatic(model, self.points_per_side, self.pred_iou, self.stability),
                                              f"{model.fingerprint};{options}")

@@ -84,7 +84,8 @@ def run_benchmark(args, model=None) -> dict:
         naive_logits.append(logits[0])
     naive_s = time.perf_counter() - start
 
-    segmenter = Segmenter(model, precision=args.precision or "fp32")
+    precision = args.precision or "fp32"  # the naive loop's, so that the masks compare
+    segmenter = Segmenter(model, precision=precision)
     start = time.perf_counter()
     result = segment_volume(segmenter, hu, geometry, prompts, window="soft_tissue", propagate=False, zoom="off", batch_size=args.batch_size)
     project_s = time.perf_counter() - start
@@ -98,7 +99,7 @@ def run_benchmark(args, model=None) -> dict:
 
     # The encoder alone: the same slices into a fresh cache.
     start = time.perf_counter()
-    Segmenter(model, precision=args.precision or "fp32").embed_many(images, args.batch_size or (1 if model.device == "cpu" else 4))
+    Segmenter(model, precision=precision).embed_many(images, args.batch_size or (1 if model.device == "cpu" else 4))
     encoder_s = time.perf_counter() - start
 
     latencies = []

@@ -130,6 +130,12 @@ def bf16_measured(model: LoadedModel) -> bool:
     return bool(load_table().architectures.get(model.architecture, {}).get("bf16_on_cpu", False))
 
 
+def encoder_precision(model: LoadedModel, precision: str = "auto") -> str:
+    """The precision a ``Segmenter(model, precision=precision)`` encodes at. The model table is
+    read only for ``auto``: an explicit choice does not depend on it."""
+    return resolve_precision(precision, model.device, precision == "auto" and bf16_measured(model))
+
+
 class Segmenter:
     """A SAM predictor with a shared embedding cache.
 
@@ -143,7 +149,7 @@ class Segmenter:
 
     def __init__(self, model: LoadedModel, cache: EmbeddingCache | None = None, precision: str = "auto") -> None:
         self.model = model
-        self.precision = resolve_precision(precision, model.device, bf16_measured(model))
+        self.precision = encoder_precision(model, precision)
         self.predictor = sam_predictor(model.sam)
         self.cache = cache if cache is not None else EmbeddingCache()
         # Embeddings of another precision are other numbers: they never share a cache entry.
