@@ -55,7 +55,7 @@ def _resize(image: np.ndarray, mask: np.ndarray, extent_mm: float) -> tuple[np.n
     return image, mask, Grid2D.isotropic((height, SIZE), extent_mm / SIZE)
 
 
-def _sources() -> list[tuple[str, np.ndarray, np.ndarray, Grid2D, str]]:
+def source_images() -> list[tuple[str, np.ndarray, np.ndarray, Grid2D, str]]:
     """(name, image 0..255, mask, grid, kind) of each real source image."""
     from SAMFusionLib.cases.shared_data import abdomen_ct, chest_xray_cases
     from SAMFusionLib.registration.projection import line_integral, project_mask, xray_image
@@ -100,7 +100,7 @@ def make_cases(count: int = 20, seed: int = 0) -> list[Case]:
     import cv2
 
     rng = np.random.default_rng(seed)
-    sources = _sources()
+    sources = source_images()
     cases = []
     for n in range(count):
         name, image, mask, grid, kind = sources[0] if n % 3 == 0 else sources[1 + (n // 3 * 2 + n % 3) % (len(sources) - 1)]

@@ -45,10 +45,10 @@ def cmd_bench(args) -> int:
         print(json.dumps(figures) if args.json else format_table(figures))
         return 0
     if args.what == "fuse":
-        from SAMFusionLib.bench.fusion import format_table, run_benchmark
+        from SAMFusionLib.bench.fusion import PAIR_SETS, format_table, run_benchmark
 
-        figures = run_benchmark()
-        print(json.dumps(figures) if args.json else format_table(figures))
+        figures = [run_benchmark(make(), pair_set=name) for name, make in PAIR_SETS.items()]
+        print(json.dumps(figures) if args.json else "\n\n".join(format_table(f) for f in figures))
         return 0
     from SAMFusionLib.bench.segment import run_benchmark
 
