@@ -381,11 +381,12 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
 
     def segmenter(self, model, device):
         from SAMFusionLib.sam.models import load_model
-        from SAMFusionLib.sam.segmenter import Segmenter
+        from SAMFusionLib.sam.segmenter import disk_cached_segmenter
 
         key = (model, device)
         if key not in self._segmenters:
-            self._segmenters[key] = Segmenter(load_model(model, device=device))
+            # Embeddings persist under the cache folder (bounded): reopening a case skips the encoder.
+            self._segmenters[key] = disk_cached_segmenter(load_model(model, device=device))
         return self._segmenters[key]
 
     def process(self, parameterNode, progress=None, cancelled=None):

@@ -161,6 +161,7 @@ def run_pipeline(
             progress(name, fraction)
 
     clock = time.perf_counter()
+    encoded_before = segmenter.images_encoded
 
     def lap(name: str) -> None:
         nonlocal clock
@@ -258,6 +259,8 @@ def run_pipeline(
             "mean_slice_score": round(float(np.mean(list(segmentation.slice_scores.values()))), 4) if segmentation.slice_scores else None,
         },
         "xray": {"mask_pixels": int(xray_mask.sum()), "score": round(float(xray_prediction.score), 4)},
+        # Images the encoder ran on in this run; the others' embeddings came from the cache.
+        "images_encoded": segmenter.images_encoded - encoded_before,
         "registration": registration.report,
     }
     return PipelineResult(ct_mask, xray_mask, fixed, registration, from_ct_ras, displacement_ras, xray_registered, fused, report, inputs)

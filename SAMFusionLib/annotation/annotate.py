@@ -40,14 +40,6 @@ class AnnotateSummary:
     failures: dict[str, str] = field(default_factory=dict)
 
 
-def disk_cached_segmenter(model):
-    from SAMFusionLib.sam.embedding_cache import EmbeddingCache
-    from SAMFusionLib.sam.segmenter import Segmenter
-    from SAMFusionLib.sam.weights import cache_dir
-
-    return Segmenter(model, EmbeddingCache(disk_dir=cache_dir() / "embeddings"))
-
-
 def segment_targets(segmenter, image: np.ndarray, targets: list[Target], zoom: str = "auto") -> list[tuple[np.ndarray, float]]:
     """(mask, score) per target: its box when it has one, else its points."""
     from SAMFusionLib.sam.zoom import predict_zoomed

@@ -86,8 +86,8 @@ def worker_segmenter():
 
 
 def _segmenter(model_id: str | None, checkpoint: str | None, architecture: str | None, device: str):
-    from SAMFusionLib.annotation.annotate import disk_cached_segmenter
     from SAMFusionLib.sam.models import load_model
+    from SAMFusionLib.sam.segmenter import disk_cached_segmenter
 
     return disk_cached_segmenter(load_model(model_id, Path(checkpoint) if checkpoint else None, architecture, device))
 

@@ -65,6 +65,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda or mps")
 
 
+def add_cache_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-embedding-cache", action="store_true",
+                        help="do not keep image embeddings on disk (by default they are kept in the cache folder, "
+                             "bounded by $SAMFUSION_EMBEDDING_CACHE_MB, so an image seen before is not encoded again)")
+
+
+def segmenter_from_args(args, model):
+    """A ``Segmenter`` for ``model``: with the persistent embedding cache unless ``--no-embedding-cache``."""
+    from SAMFusionLib.sam.segmenter import Segmenter, disk_cached_segmenter
+
+    return Segmenter(model) if args.no_embedding_cache else disk_cached_segmenter(model)
+
+
 def load_model_from_args(args):
     """The ``LoadedModel`` that ``--model`` / ``--checkpoint`` / ``--arch`` / ``--device`` name."""
     from SAMFusionLib.sam.models import load_model

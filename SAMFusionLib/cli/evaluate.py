@@ -102,7 +102,8 @@ def cmd_evaluate(args) -> int:
 
 @holding_out_folder
 def cmd_annotate(args) -> int:
-    from SAMFusionLib.annotation.annotate import annotate_folder, annotate_volume, disk_cached_segmenter
+    from SAMFusionLib.annotation.annotate import annotate_folder, annotate_volume
+    from SAMFusionLib.sam.segmenter import disk_cached_segmenter
     out = Path(args.out)  # checked, and locked, by holding_out_folder
     source = Path(args.input)
     if not source.exists():

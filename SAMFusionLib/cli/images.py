@@ -8,7 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from SAMFusionLib.cli.common import EXIT_QUALITY_FAILED, add_model_options, load_model_from_args, pairs
+from SAMFusionLib.cli.common import (
+    EXIT_QUALITY_FAILED,
+    add_cache_option,
+    add_model_options,
+    load_model_from_args,
+    pairs,
+    segmenter_from_args,
+)
 from SAMFusionLib.errors import SamFusionError
 
 
@@ -16,7 +23,6 @@ def cmd_segment(args) -> int:
     from SAMFusionLib.imaging.geometry import check_pixel_inside, clip_box, normalize_box
     from SAMFusionLib.imaging.intensity import check_finite_nonconstant, resolve_range, to_sam_rgb
     from SAMFusionLib.imaging.io import check_distinct, check_output_path, read_image_2d, write_mask_2d
-    from SAMFusionLib.sam.segmenter import Segmenter
 
     points = pairs(args.point, "--point")
     negatives = pairs(args.negative, "--negative")
@@ -43,7 +49,7 @@ def cmd_segment(args) -> int:
         box, clipped = clip_box(box, height, width)
     from SAMFusionLib.sam.zoom import predict_zoomed
 
-    segmenter = Segmenter(load_model_from_args(args))
+    segmenter = segmenter_from_args(args, load_model_from_args(args))
     result = predict_zoomed(segmenter, rgb, all_points, labels, box, args.zoom)
     write_mask_2d(result.mask, out, image.reference)
     if clipped:
@@ -101,6 +107,7 @@ def add_parsers(commands) -> None:
     seg.add_argument("--zoom", default="auto", choices=["auto", "on", "off"], help="crop around small targets before segmenting (default auto)")
     seg.add_argument("--out", type=Path, required=True, help="mask: .png (0/255) or .nrrd/.nii.gz (0/1, image geometry)")
     add_model_options(seg)
+    add_cache_option(seg)
     seg.set_defaults(func=cmd_segment)
 
     register = commands.add_parser("register", help="register a moving 2D image to a fixed one (SAM masks + Match_Loss)")

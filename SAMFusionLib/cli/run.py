@@ -15,12 +15,14 @@ from pathlib import Path
 
 from SAMFusionLib.cli.common import (
     EXIT_QUALITY_FAILED,
+    add_cache_option,
     add_model_options,
     add_pipeline_options,
     holding_out_folder,
     load_model_from_args,
     pipeline_options,
     process_seconds,
+    segmenter_from_args,
 )
 from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.scene import mrml
@@ -38,8 +40,6 @@ def _demo_scene(slicer_core):
 
 @holding_out_folder
 def cmd_run(args) -> int:
-    from SAMFusionLib.sam.segmenter import Segmenter
-
     out = Path(args.out)  # checked, and locked, by holding_out_folder
     if (args.ct is None) != (args.xray is None):
         raise SamFusionError("give both --ct and --xray, or neither (the embedded default case)")
@@ -55,7 +55,7 @@ def cmd_run(args) -> int:
     options = pipeline_options(args)
     progress = _progress_bar()
     try:
-        segmenter = Segmenter(model)
+        segmenter = segmenter_from_args(args, model)
         outputs, result = run_on_scene(slicer_core.scene, nodes, segmenter, options, progress=progress)
     finally:
         progress.close()
@@ -108,4 +108,5 @@ def add_parser(commands) -> None:
     run.add_argument("--out", type=Path, default=Path("samfusion-run"), help="output folder (default: samfusion-run)")
     add_pipeline_options(run)
     add_model_options(run)
+    add_cache_option(run)
     run.set_defaults(func=cmd_run)

@@ -3,11 +3,18 @@
 Key: the model's fingerprint plus a hash of the exact uint8 RGB image fed to SAM. That image is
 derived from the source image's content, the slice index and the intensity window, so the key
 covers all of them, and two identical slices correctly share one embedding.
+
+On disk the folder is bounded too (``max_disk_bytes``; ``$SAMFUSION_EMBEDDING_CACHE_MB``, default
+2048, 0 keeps nothing): after each write the least recently used files (a read refreshes a file's
+time) are removed until the folder fits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import math
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.imaging.atomic import atomic_path
 
 
@@ -45,12 +53,29 @@ def image_key(model_fingerprint: str, rgb: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-class EmbeddingCache:
-    """LRU in memory (at most ``max_bytes``), with an optional folder that survives restarts."""
+DEFAULT_DISK_MB = 2048
 
-    def __init__(self, max_bytes: int = 1 << 30, disk_dir: Path | None = None) -> None:
+
+def disk_limit_bytes() -> int:
+    """The disk cache's bound: ``$SAMFUSION_EMBEDDING_CACHE_MB`` megabytes (default 2048)."""
+    text = os.environ.get("SAMFUSION_EMBEDDING_CACHE_MB", str(DEFAULT_DISK_MB))
+    try:
+        megabytes = float(text)
+    except ValueError:
+        megabytes = -1.0
+    if not (megabytes >= 0 and math.isfinite(megabytes)):  # NaN fails both
+        raise SamFusionError(f"SAMFUSION_EMBEDDING_CACHE_MB={text!r} is not a size in megabytes (0 or more)")
+    return int(megabytes * 2**20)
+
+
+class EmbeddingCache:
+    """LRU in memory (at most ``max_bytes``), with an optional folder that survives restarts (at most
+    ``max_disk_bytes``; ``disk_limit_bytes()`` when None)."""
+
+    def __init__(self, max_bytes: int = 1 << 30, disk_dir: Path | None = None, max_disk_bytes: int | None = None) -> None:
         self.max_bytes = int(max_bytes)
         self.disk_dir = Path(disk_dir) if disk_dir else None
+        self.max_disk_bytes = (disk_limit_bytes() if max_disk_bytes is None else int(max_disk_bytes)) if disk_dir else 0
         self._items: OrderedDict[str, Embedding] = OrderedDict()
         self._bytes = 0
         self.hits = 0
@@ -98,7 +123,7 @@ class EmbeddingCache:
         import torch
 
         path = self._path(key)
-        if path.exists():
+        if path.exists() or embedding.nbytes > self.max_disk_bytes:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
@@ -108,6 +133,23 @@ class EmbeddingCache:
         }
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
+        self._prune_disk()
+
+    def _prune_disk(self) -> None:
+        """Remove the least recently used files until the folder holds at most ``max_disk_bytes``."""
+        files = []
+        for path in self.disk_dir.glob("*/*.pt"):
+            try:
+                status = path.stat()
+            except FileNotFoundError:  # removed meanwhile by another process sharing the folder
+                continue
+            files.append((status.st_mtime, status.st_size, path))
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self.max_disk_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
 
     def _read_disk(self, key: str, device: str) -> Embedding | None:
         import torch
@@ -117,7 +159,11 @@ class EmbeddingCache:
             return None
         try:
             payload = torch.load(path, weights_only=True, map_location=device)
+        except FileNotFoundError:  # pruned by another process since the check
+            return None
         except Exception:  # a damaged cache file is only a miss; it is rewritten on the next put
             path.unlink(missing_ok=True)
             return None
+        with contextlib.suppress(OSError):  # recently used: the last to be pruned (a read-only cache is still read)
+            os.utime(path)
         return Embedding(payload["features"], tuple(payload["input_size"]), tuple(payload["original_size"]))

@@ -34,6 +34,8 @@ class Prediction:
         masks: (C, H, W) bool, all candidate masks (C = 3 with multimask output, else 1).
         scores: (C,) float32 predicted IoUs.
         all_low_res_logits: (C, h, w) float32.
+        stability: (C,) SAM's stability score of each candidate, or None.
+        zoomed: whether the answer came from a crop around the prompt (``zoom.predict_zoomed``).
     """
 
     mask: np.ndarray
@@ -43,6 +45,7 @@ class Prediction:
     scores: np.ndarray
     all_low_res_logits: np.ndarray
     stability: np.ndarray | None = None
+    zoomed: bool = False
 
 
 STABILITY_OFFSET = 1.0  # SAM's automatic mask generator uses the same logit offset
@@ -123,11 +126,16 @@ def resolve_precision(precision: str, device: str, bf16_measured: bool = True) -
     return precision
 
 
-def bf16_measured(model: LoadedModel) -> bool:
-    """Whether the model table marks ``model``'s architecture as measured under bf16 on a CPU."""
+def architecture_flag(model: LoadedModel, name: str) -> bool:
+    """A true/false property that the model table gives ``model``'s architecture (false when absent)."""
     from SAMFusionLib.sam.models import load_table
 
-    return bool(load_table().architectures.get(model.architecture, {}).get("bf16_on_cpu", False))
+    return bool(load_table().architectures.get(model.architecture, {}).get(name, False))
+
+
+def bf16_measured(model: LoadedModel) -> bool:
+    """Whether the model table marks ``model``'s architecture as measured under bf16 on a CPU."""
+    return architecture_flag(model, "bf16_on_cpu")
 
 
 def encoder_precision(model: LoadedModel, precision: str = "auto") -> str:
@@ -155,6 +163,7 @@ class Segmenter:
         # Embeddings of another precision are other numbers: they never share a cache entry.
         self.cache_id = model.fingerprint if self.precision == "fp32" else f"{model.fingerprint}+{self.precision}"
         self.current_key: str | None = None
+        self.images_encoded = 0  # encoder runs so far, one per image (the cache's misses that were encoded)
 
     def _autocast(self):
         import torch
@@ -177,6 +186,7 @@ class Segmenter:
         import torch
 
         batch = torch.cat(tensors, dim=0)
+        self.images_encoded += len(tensors)
         with torch.inference_mode(), self._autocast():
             features = self.model.sam.image_encoder(self.model.sam.preprocess(batch))
         return [f[None].float() for f in features]
@@ -277,3 +287,12 @@ class Segmenter:
         stability = stability_scores(full_logits)
         best = int(np.argmax(scores * stability))
         return Prediction(masks[best], float(scores[best]), logits[best : best + 1], masks, scores, logits, stability)
+
+
+def disk_cached_segmenter(model: LoadedModel, precision: str = "auto") -> Segmenter:
+    """A ``Segmenter`` whose embeddings also persist in ``cache_dir()/embeddings`` (bounded on disk,
+    ``embedding_cache.disk_limit_bytes``): a CT or radiograph seen before is not encoded again, in
+    this process or a later one."""
+    from SAMFusionLib.sam.weights import cache_dir
+
+    return Segmenter(model, EmbeddingCache(disk_dir=cache_dir() / "embeddings"), precision)

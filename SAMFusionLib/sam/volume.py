@@ -11,6 +11,13 @@ Slices are cut along the IJK axis the caller chooses (``SliceAxes``).
   point at that mask's deepest interior pixel. It stops where the target disappears (empty mask,
   score below ``min_score``) or where the mask suddenly grows more than ``max_growth`` times the
   previous slice's area: a leak into the surroundings, not the target.
+- For architectures the model table marks ``"zoom_follows_seed"`` (LiteMedSAM), zoom on propagated
+  slices follows the seed: a seed answered from a crop (a small target, such as a stone) keeps
+  zooming; otherwise the previous slice's box already gives the target's size, and the zoom's
+  small-answer rule would only fire at an organ's tapering ends, where its crop invited leaks.
+  Measured with the default model: the default case's CT Dice 0.968 -> 0.996 with 46 -> 32 encoder
+  runs; the abdomen CT's held-out kidney halves 0.822 -> 0.851. The from-scratch demo model (16 px
+  patches) needs the zoom there: without it the default case's CT Dice fell 0.799 -> 0.775.
 - Without propagation, every ROI slice gets the ROI box: the classic per-slice loop, batched.
 """
 
@@ -25,7 +32,7 @@ import numpy as np
 from SAMFusionLib.errors import Cancelled, SamFusionError
 from SAMFusionLib.imaging.geometry import ImageGeometry, SliceAxes
 from SAMFusionLib.imaging.intensity import check_finite_nonconstant, resolve_range, to_sam_rgb
-from SAMFusionLib.sam.segmenter import Segmenter
+from SAMFusionLib.sam.segmenter import Segmenter, architecture_flag
 from SAMFusionLib.sam.zoom import predict_zoomed
 
 
@@ -185,15 +192,16 @@ def segment_volume(
     mask = np.zeros(volume_kji.shape, dtype=np.uint8)
     scores: dict[int, float] = {}
 
-    def run(index: int, points_xy, labels, box) -> np.ndarray:
+    def run(index: int, points_xy, labels, box, zoom_mode: str = zoom):
+        """(mask, whether it was zoomed) of one slice."""
         if cancelled is not None and cancelled():
             raise Cancelled("cancelled during the CT segmentation")
         has_points = points_xy is not None and len(points_xy) > 0
         result = predict_zoomed(
-            segmenter, rgb_of(index), points_xy if has_points else None, labels if has_points else None, box, zoom
+            segmenter, rgb_of(index), points_xy if has_points else None, labels if has_points else None, box, zoom_mode
         )
         scores[index] = result.score
-        return result.mask
+        return result.mask, result.zoomed
 
     if not propagate:
         if plan.roi_box is None:
@@ -204,20 +212,21 @@ def segment_volume(
         segmenter.embed_many([rgb_of(i) for i in indices], batch_size, progress, cancelled)
         for index in indices:
             points_xy, labels = plan.seeds.get(index, (None, None))
-            axes.put(mask, index, run(index, points_xy, labels, plan.roi_box))
+            axes.put(mask, index, run(index, points_xy, labels, plan.roi_box)[0])
         return VolumeSegmentation(mask, scores, slice_axis)
 
     width = volume_kji.shape[2 - axes.x_axis]
     height = volume_kji.shape[2 - axes.y_axis]
     total = plan.last - plan.first + 1
     for seed, (points_xy, labels) in sorted(plan.seeds.items()):
-        seed_mask = run(seed, points_xy, labels, plan.roi_box)
+        seed_mask, seed_zoomed = run(seed, points_xy, labels, plan.roi_box)
         axes.put(mask, seed, seed_mask)
+        follow_zoom = zoom if seed_zoomed or not architecture_flag(segmenter.model, "zoom_follows_seed") else "off"
         for step in (-1, 1):
             previous, index = seed_mask, seed + step
             while plan.first <= index <= plan.last and previous.any() and index not in scores:
                 box = _clip_box(_mask_box(previous), plan.roi_box, width, height)
-                current = run(index, _interior_point(previous), np.array([1]), box)
+                current, _ = run(index, _interior_point(previous), np.array([1]), box, follow_zoom)
                 if not current.any() or scores[index] < min_score or current.sum() > max_growth * previous.sum():
                     scores.pop(index)
                     break

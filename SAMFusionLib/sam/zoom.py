@@ -6,7 +6,8 @@ model's input. Cropping a window of a few times the target's size first gives it
 other candidates is small; "on" always zooms; "off" never does.
 With a box, the crop is CONTEXT times the box. With points, "on" crops POINT_CROP_PX around them
 (a point does not say how big the target is), "auto" CONTEXT times the plain answer's size, but
-never less than POINT_CROP_PX.
+never less than POINT_CROP_PX, and only where that crop enlarges the target at least
+MIN_MAGNIFICATION times (on a small image a 96 px crop is most of it).
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ SMALL_FRACTION = 0.01  # a mask under 1% of the image counts as a small target
 CONTEXT = 4.0  # the crop is this many times the target's size
 MIN_CROP_PX = 48
 POINT_CROP_PX = 96  # measured on the stone validation split: 32 px 0.0, 48 px 0.21, 64 px 0.32, 96 px 0.42 hit rate
+# With points only, "auto" zooms only when the crop gives the target at least this many times the
+# encoder pixels. A 96 px crop of a 128 px CT slice (1.3x) only cut the context: a 9 px phantom stone
+# that the plain answer had exactly became a 325 px region in the crop. (A box sizes its crop from
+# the target itself; the demo model needs those crops on an organ's propagated tips.)
+MIN_MAGNIFICATION = 2.0
 
 
 def _crop_window(centre_xy: np.ndarray, side: float, height: int, width: int) -> tuple[int, int, int, int]:
@@ -72,6 +78,8 @@ def predict_zoomed(
             size = max(size, float(max(np.ptp(cols), np.ptp(rows))) + 1)
     if CONTEXT * size >= min(height, width):
         return plain  # the target is not small: a crop would only cut it off
+    if zoom == "auto" and box is None and max(height, width) / max(CONTEXT * size, MIN_CROP_PX) < MIN_MAGNIFICATION:
+        return plain  # a crop sized by guess (points only) would hardly enlarge the target, only cut its context
     x0, y0, x1, y1 = _crop_window(centre, CONTEXT * size, height, width)
     offset = np.array([x0, y0], float)
     segmenter.set_image(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
@@ -81,4 +89,4 @@ def predict_zoomed(
     full = np.zeros((len(zoomed.masks), height, width), bool)
     full[:, y0:y1, x0:x1] = zoomed.masks
     best = int(np.argmax(zoomed.scores))
-    return Prediction(full[best], zoomed.score, zoomed.low_res_logits, full, zoomed.scores, zoomed.all_low_res_logits)
+    return Prediction(full[best], zoomed.score, zoomed.low_res_logits, full, zoomed.scores, zoomed.all_low_res_logits, zoomed=True)
