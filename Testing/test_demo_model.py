@@ -51,15 +51,17 @@ def _slice_through_stone(seed: int):
 
 def test_segments_fresh_phantom_stones_from_one_point(default_model):
     """One positive point on a 5-21 px stone, zoom auto. Measured per seed with an fp32 encoder 0.96,
-    0.78, 0.83, 0.80, 0.88, 0.72 (mean 0.83); with the bf16 encoder (the default on a CPU with native
-    bf16) 0.96, 0.71, 0.83, 0.78, 0.88, 0.69 (mean 0.81): the bound on the worst stone is 0.65 so
-    that both pass. The from-scratch demo model: 0.001-0.054."""
+    0.83, 0.71, 1.00, 0.93, 1.00 (mean 0.91); with the bf16 encoder (the default on a CPU with native
+    bf16) 0.96, 0.83, 0.71, 1.00, 0.96, 1.00 (mean 0.91). The previous heads: mean 0.83 / 0.81, worst
+    0.72 / 0.69. These 128 px slices are too small for the point zoom to enlarge a stone
+    (``zoom.MIN_MAGNIFICATION``); before that rule the current heads lost the 9 px stone of seed 9006
+    to a 325 px region of its crop (Dice 0.05). The from-scratch demo model: 0.001-0.054."""
     segmenter = Segmenter(default_model)
     scores = []
     for seed in range(9001, 9007):
         rgb, stone, centre, _ = _slice_through_stone(seed)
         scores.append(dice(predict_zoomed(segmenter, rgb, centre[None], np.array([1])).mask, stone))
-    assert min(scores) >= 0.65 and np.mean(scores) >= 0.8, scores
+    assert min(scores) >= 0.65 and np.mean(scores) >= 0.85, scores
 
 
 def test_segments_a_fresh_phantom_kidney_from_a_box(default_model):

@@ -79,16 +79,16 @@ MASK_FAILURES = ("mask Dice after registration", "not the same target")
 
 
 def test_abdomen_ct_end_to_end_with_the_default_model(shared_data, default_model):
-    """The fine-tuned LiteMedSAM segments the non-contrast kidney in the CT (Dice measured 0.82,
-    against 0.4 for the demo model) and the registration lands within 1 mm; ``report.json`` says
-    which reference it stood on (measured over seeds 0-3: SAM's masks once, the prompt boxes three
-    times, 0.25-0.76 mm: the X-ray masks of that faint kidney stay the weak part)."""
+    """The fine-tuned LiteMedSAM segments the non-contrast kidney in the CT (Dice measured 0.905;
+    0.82 with the previous heads, 0.4 for the demo model) and the registration lands within 1 mm;
+    ``report.json`` says which reference it stood on (measured over seeds 0-3: SAM's masks once,
+    the prompt boxes three times, 0.25-1.10 mm: the X-ray masks of that faint kidney stay the weak part)."""
     from SAMFusionLib.cases.shared_data import abdomen_ct
 
     hu, geometry, _, masks = abdomen_ct()
     case = case_from_ct(hu, geometry, masks["kidney_left"], np.random.default_rng(0), nonrigid=False)
     result = run_pipeline(Segmenter(default_model), case.inputs)
-    assert dice(result.ct_mask_kji, case.ct_target_mask) >= 0.8
+    assert dice(result.ct_mask_kji, case.ct_target_mask) >= 0.88
     assert result.registration.passed and result.registration.report["reference"] in ("SAM masks", "prompt boxes")
     assert tre_mm(case, result.registration.sitk_transform) < 1.0
 
@@ -306,10 +306,13 @@ def test_a_new_prompt_costs_only_the_decoder(default_case, demo_model):
 
 # --- samfusion run ----------------------------------------------------------------------------------
 
-def test_run_without_arguments_writes_the_default_case(tmp_path, capsys):
+def test_run_without_arguments_writes_the_default_case(tmp_path, capsys, monkeypatch):
+    from SAMFusionLib.sam.segmenter import Segmenter
+
+    monkeypatch.setenv("SAMFUSION_CACHE_DIR", str(tmp_path / "cache"))  # a cold embedding cache
     out = tmp_path / "demo"
     code = main(["run", "--out", str(out)])
-    assert code in (0, 3)
+    assert code == 0
     report = json.loads((out / "report.json").read_text())
     for name in report["files"]:
         assert (out / name).is_file(), name
@@ -329,13 +332,27 @@ def test_run_without_arguments_writes_the_default_case(tmp_path, capsys):
     for key in ("dice_before", "dice_after", "match_loss_before", "match_loss_after", "reason"):
         assert key in report["registration"]
     assert set(report["timings_s"]) == {"segment CT", "segment X-ray", "project", "register", "resample", "fuse"}
-    assert report["case"]["ct_dice_vs_truth"] > 0.75
+    # The default model on the default case (measured: CT Dice 0.996, X-ray Dice 0.947, TRE 0.73 mm, on SAM's masks).
+    # (CT Dice 0.968 before the zoom on propagated slices followed the seed, sam/volume.py.)
+    assert report["case"]["ct_dice_vs_truth"] > 0.985 and report["case"]["xray_dice_vs_truth"] > 0.9
+    assert report["case"]["registration_tre_mm"] < 1.0 and report["registration"]["reference"] == "SAM masks"
     reloaded = mrml.load_scene(out / "SAMFusion.mrml").scene
     assert reloaded.GetFirstNodeByName("phantom CT + phantom X-ray fused") is not None
     import cv2
 
     picture = cv2.imread(str(out / "report.png"))
     assert picture is not None and picture.shape[0] > 400 and picture.shape[1] > 700
+
+    # Run again (a new Segmenter, as a new process has): every embedding comes from the disk cache.
+    def no_encoder(*_args, **_kwargs):
+        raise AssertionError("the encoder ran although the case's embeddings were on disk")
+
+    monkeypatch.setattr(Segmenter, "_encode", no_encoder)
+    assert main(["run", "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert again["case"] == report["case"]
+    # 29 slices, their seed's zoomed crop, the X-ray: measured 32 encoder runs the first time.
+    assert 25 <= report["images_encoded"] <= 40 and again["images_encoded"] == 0
 
 
 def write_case_files(folder, case=None):

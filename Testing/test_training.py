@@ -12,7 +12,7 @@ import torch
 from SAMFusionLib.sam.models import build_sam, load_table
 from SAMFusionLib.training.datasets import make_sources
 from SAMFusionLib.training.losses import dice_loss, focal_loss, mask_iou
-from SAMFusionLib.training.prompts_sim import correction_click, jittered_box, simulate
+from SAMFusionLib.training.prompts_sim import correction_click, jittered_box, loosened_box, simulate
 from SAMFusionLib.training.train import TrainConfig, evaluate, train, validation_set
 
 
@@ -56,6 +56,22 @@ def test_simulated_prompts_lie_on_the_target(rng):
     predicted[20:40, 30:40] = False  # a missed part -> a positive click inside it
     (x, y), label = correction_click(predicted, mask, rng)
     assert label == 1 and 30 <= x < 40 and 20 <= y < 40
+
+
+def test_loosened_boxes_hold_the_tight_box_and_stay_on_the_image():
+    mask = np.zeros((60, 80), bool)
+    mask[20:40, 30:55] = True
+    tight = jittered_box(mask, np.random.default_rng(0), fraction=0.0)  # [30, 20, 54, 39]
+    rng = np.random.default_rng(1)
+    loose = np.array([loosened_box(tight, rng, mask.shape) for _ in range(200)])
+    assert np.all(loose[:, :2] <= tight[:2]) and np.all(loose[:, 2:] >= tight[2:])
+    assert np.all(loose >= 0) and np.all(loose[:, 2] <= 79) and np.all(loose[:, 3] <= 59)
+    # Each side moves by at most a quarter of its length plus 4 px (the x side is 25 px, the y side 20).
+    assert np.all(tight[0] - loose[:, 0] <= 0.25 * 25 + 4) and np.all(tight[1] - loose[:, 1] <= 0.25 * 20 + 4)
+    assert np.mean(loose[:, 2] - loose[:, 0]) > np.mean(tight[2] - tight[0]) + 4  # looser on average
+    loosened = [simulate(mask, np.random.default_rng(n), loose_box_probability=1.0)["box"] for n in range(40)]
+    widths = [box[2] - box[0] for box in loosened if box is not None]
+    assert widths and np.mean(widths) > 26
 
 
 def test_short_training_lowers_validation_loss(tmp_path):

@@ -20,7 +20,7 @@ def run_training(args) -> int:
     overrides = {
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "architecture": args.arch, "base": args.base,
         "init_checkpoint": str(args.init) if args.init else None, "trainable": args.trainable, "seed": args.seed,
-        "sources": args.source, "pool_size": args.pool_size,
+        "sources": args.source, "pool_size": args.pool_size, "loose_box_probability": args.loose_boxes,
     }
     config = replace(config, device=args.device, **{k: v for k, v in overrides.items() if v is not None})
     figures = train(config, args.out, make_sources(config.sources), resume=not args.no_resume)
@@ -61,6 +61,7 @@ def add_parser(commands) -> None:
     train.add_argument("--init", type=Path, help="checkpoint to start from (fine-tuning)")
     train.add_argument("--trainable", choices=["all", "heads", "decoder"], help="heads: prompt encoder + mask decoder")
     train.add_argument("--source", action="append", help="phantom, phantom-ct, phantom-xray, shared-lungs, shared-stones, shared-kidneys, or IMAGES_DIR:MASKS_DIR")
+    train.add_argument("--loose-boxes", type=float, metavar="P", help="share of box prompts loosened like a user's ROI (0..1)")
     train.add_argument("--seed", type=int)
     train.add_argument("--device", default="auto")
     train.add_argument("--no-resume", action="store_true")

@@ -88,6 +88,12 @@ def build_lite_sam(params: dict[str, Any]):
     encoder = package.build_lite_medsam().image_encoder
     if int(encoder.img_size) != size:
         raise SamFusionError(f"{PACKAGE} builds a {encoder.img_size} px encoder, the model table says {size}")
+    # TinyViT's convolutions run faster on oneDNN with channels-last weights (measured on the 2-core
+    # build CPU, per 256 px image: bf16 1.00 -> 0.73 s, fp32 1.42 -> 1.22 s; fp32 embeddings equal to 4e-6).
+    # Loading a state dict copies into these tensors and keeps their layout.
+    import torch
+
+    encoder = encoder.to(memory_format=torch.channels_last)
     prompt_encoder, mask_decoder = prompt_encoder_and_decoder(params, size, grid)
     sam = _sam_class()(
         image_encoder=encoder,

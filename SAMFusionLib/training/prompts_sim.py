@@ -43,6 +43,15 @@ def jittered_box(mask: np.ndarray, rng: np.random.Generator, fraction: float = 0
     return np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])])
 
 
+def loosened_box(box: np.ndarray, rng: np.random.Generator, shape_hw: tuple[int, int], fraction: float = 0.25, max_px: float = 4.0) -> np.ndarray:
+    """(4,) ``box`` with each side pushed outward by U(0, ``fraction``) of its length plus U(0, ``max_px``) px,
+    kept inside the image: the margin a user's ROI or a propagated slice's box leaves around the target."""
+    sides = np.array([box[2] - box[0] + 1, box[3] - box[1] + 1] * 2)
+    push = rng.uniform(0, fraction, 4) * sides + rng.uniform(0, max_px, 4)
+    height, width = shape_hw
+    return np.clip(box + push * np.array([-1, -1, 1, 1]), 0, [width - 1, height - 1, width - 1, height - 1])
+
+
 def correction_click(predicted: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int] | None:
     """A click in the larger error region: ((2,) point, label 1 for a missed area, 0 for a false one)."""
     missed, false = target & ~predicted, predicted & ~target
@@ -52,10 +61,11 @@ def correction_click(predicted: np.ndarray, target: np.ndarray, rng: np.random.G
     return interior_point(region, rng), label
 
 
-def simulate(mask: np.ndarray, rng: np.random.Generator) -> dict:
+def simulate(mask: np.ndarray, rng: np.random.Generator, loose_box_probability: float = 0.0) -> dict:
     """A random prompt for ``mask``: {"points": (N, 2) or None, "labels": (N,) or None, "box": (4,) or None}.
 
-    The mix follows SAM's training: points only, box only, or box plus points.
+    The mix follows SAM's training: points only, box only, or box plus points. With
+    ``loose_box_probability``, that share of the boxes is also loosened (``loosened_box``).
     """
     kind = rng.choice(3, p=[0.45, 0.35, 0.2])
     points, labels = [], []
@@ -71,6 +81,9 @@ def simulate(mask: np.ndarray, rng: np.random.Generator) -> dict:
                 points.append(negative)
                 labels.append(0)
     box = jittered_box(mask, rng) if kind in (1, 2) else None
+    # No draw when the probability is 0: the recipes without loosening keep their exact prompt sequence.
+    if box is not None and loose_box_probability > 0 and rng.random() < loose_box_probability:
+        box = loosened_box(box, rng, mask.shape)
     return {
         "points": np.array(points) if points else None,
         "labels": np.array(labels) if labels else None,

@@ -42,6 +42,7 @@ class TrainConfig:
     iou_weight: float = 1.0
     focal_alpha: float = 0.25
     correction_probability: float = 0.5
+    loose_box_probability: float = 0.0  # share of boxes loosened like a user's ROI (``prompts_sim.loosened_box``)
     val_size: int = 48
     val_every: int = 100
     seed: int = 0
@@ -62,10 +63,13 @@ DEMO_CONFIG = TrainConfig(
 # and point prompts with correction clicks; encoder frozen, its embeddings pooled; prompt encoder and
 # mask decoder trained. Sources: the training split of ../shared/data (stones, lungs, the abdomen CT's
 # caudal kidney halves in the pipeline's view and window) and CT / X-ray phantoms.
+# Against the previous recipe (1200 steps, lungs once, tight boxes only), validation split: stones
+# 0.526 -> 0.526, lungs 0.862 -> 0.889, kidneys 0.851 -> 0.895. Lungs three times and 2000 steps were
+# tried too: 0.421 / 0.898 / 0.876, not shipped.
 LITE_CONFIG = TrainConfig(
-    architecture="lite_medsam", base="lite_medsam", trainable="heads", pool_size=640, steps=1200, batch_size=6,
-    lr=1e-4, warmup_steps=50, val_every=100, val_size=48, seed=0, focal_alpha=0.25,
-    sources=["shared-stones", "shared-stones", "shared-lungs", "shared-kidneys", "phantom-xray", "phantom-ct"],
+    architecture="lite_medsam", base="lite_medsam", trainable="heads", pool_size=640, steps=1600, batch_size=6,
+    lr=1e-4, warmup_steps=50, val_every=100, val_size=48, seed=0, focal_alpha=0.25, loose_box_probability=0.5,
+    sources=["shared-stones", "shared-stones", "shared-lungs", "shared-lungs", "shared-kidneys", "phantom-xray", "phantom-ct"],
 )
 
 
@@ -128,7 +132,7 @@ def _sample_loss(sam, embedding, target_np: np.ndarray, rng: np.random.Generator
     import torch
 
     target = torch.as_tensor(target_np, dtype=torch.float, device=embedding.device)[None]
-    prompt = simulate(target_np, rng)
+    prompt = simulate(target_np, rng, config.loose_box_probability)
     mask_input = None
     single_point = prompt["box"] is None and prompt["points"] is not None and len(prompt["points"]) == 1
     if rng.random() < config.correction_probability:
@@ -156,7 +160,7 @@ def _batch(sources: list[Callable[[np.random.Generator], Sample]], rng: np.rando
 def validation_set(sources, config: TrainConfig) -> list[tuple[Sample, dict]]:
     """A fixed set of samples with fixed prompts (seed + 10**6), for comparable validation losses."""
     rng = np.random.default_rng([config.seed, 10**6])
-    return [((rgb, mask), simulate(mask, rng)) for rgb, mask in _batch(sources, rng, config.val_size)]
+    return [((rgb, mask), simulate(mask, rng, config.loose_box_probability)) for rgb, mask in _batch(sources, rng, config.val_size)]
 
 
 def evaluate(sam, val: list[tuple[Sample, dict]], config: TrainConfig, device: str, embeddings: list | None = None) -> dict:
