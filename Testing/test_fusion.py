@@ -36,6 +36,26 @@ def test_fusing_an_image_with_itself_returns_it(pair, base):
     np.testing.assert_allclose(fuse_arrays(a, a, FusionOptions(base=base)), a, atol=1e-3)
 
 
+def test_detail_gain_scales_the_detail_bands_and_keeps_the_base(pair):
+    """The reconstruction is linear: fused(g) = base image + g * detail image."""
+    a, b = pair
+    fused = {g: fuse_arrays(a, b, FusionOptions(detail_gain=g)).astype(np.float64) for g in (0.5, 1.0, 1.5, 2.0)}
+    np.testing.assert_array_equal(fuse_arrays(a, b, FusionOptions()), fused[1.0])
+    detail = fused[2.0] - fused[1.0]
+    np.testing.assert_allclose(fused[1.5] - fused[1.0], 0.5 * detail, atol=1e-3)
+    np.testing.assert_allclose(fused[0.5], fused[1.0] - 0.5 * detail, atol=1e-3)
+    assert np.abs(detail).max() > 10  # the pair has details (the disc's edge) to scale
+    base = fused[1.0] - detail  # what fused(0) would be: the base alone, smooth
+    assert spatial_frequency(base.astype(np.float32)) < 0.5 * spatial_frequency(fused[1.0].astype(np.float32))
+    assert spatial_frequency(fused[1.5].astype(np.float32)) > 1.3 * spatial_frequency(fused[1.0].astype(np.float32))
+
+
+@pytest.mark.parametrize("gain", [0.0, 0.49, 2.01, math.nan, math.inf])
+def test_detail_gain_outside_its_range_is_refused(pair, gain):
+    with pytest.raises(SamFusionError, match="detail gain must lie in"):
+        fuse(*pair, FusionOptions(detail_gain=gain))
+
+
 def test_symmetric_rules_are_symmetric(pair):
     a, b = pair
     for base in ("gradient", "average"):
@@ -174,4 +194,8 @@ def test_fuse_command_bad_input_leaves_nothing(tmp_path, pair, capsys):
     _write(tmp_path / "nan.nrrd", nan)
     assert main(["fuse", str(tmp_path / "a.nrrd"), str(tmp_path / "nan.nrrd"), "--out", str(out)]) == 2
     assert "NaN" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["fuse", str(tmp_path / "a.nrrd"), str(tmp_path / "a.nrrd"), "--out", str(out), "--detail-gain", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["samfusion: error: detail gain must lie in [0.5, 2], got 3.0"]
     assert not out.exists()

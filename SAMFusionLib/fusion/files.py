@@ -21,7 +21,8 @@ def _same_grid(a: Image2D, b: Image2D, what: str) -> None:
 
 
 def fuse_files(a_path: Path, b_path: Path, out: Path, levels: int = 3, mask_a: Path | None = None, mask_b: Path | None = None,
-               base: str = "gradient", threshold: float = 0.75, normalize: str = "auto") -> np.ndarray:
+               base: str = "gradient", threshold: float = 0.75, normalize: str = "auto",
+               detail_gain: float = 1.0) -> np.ndarray:
     """Fuse two image files; writes ``out`` with A's geometry and returns the fused (H, W) float32 array."""
     import SimpleITK as sitk
 
@@ -39,7 +40,7 @@ def fuse_files(a_path: Path, b_path: Path, out: Path, levels: int = 3, mask_a: P
         target = (mask.array > 0) if target is None else (target | (mask.array > 0))
     if target is not None and not target.any():
         raise SamFusionError("the target masks are empty")
-    fused = fuse(grey_array(a), grey_array(b), FusionOptions(levels=levels, match_threshold=threshold, base=base), target, normalize)
+    fused = fuse(grey_array(a), grey_array(b), FusionOptions(levels=levels, match_threshold=threshold, base=base, detail_gain=detail_gain), target, normalize)
     if out.name.lower().endswith(".png"):
         image = sitk.GetImageFromArray(np.clip(np.rint(fused), 0, 255).astype(np.uint8))
     else:
