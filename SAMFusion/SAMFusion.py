@@ -85,7 +85,7 @@ class SAMFusionParameterNode:
     xrayPoints: vtkMRMLMarkupsFiducialNode
     xrayNegativePoints: vtkMRMLMarkupsFiducialNode
     xrayRoi: vtkMRMLMarkupsROINode
-    model: str = "samfusion-demo"
+    model: str = "samfusion-lite"  # the model table's default (Resources/models.json; a test keeps them equal)
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     transform: Annotated[str, Choice(["rigid", "similarity", "affine", "nonrigid"])] = "nonrigid"
     view: Annotated[str, Choice(["AP", "LAT", "SI"])] = "AP"

@@ -63,3 +63,14 @@ def test_each_prompt_selector_has_a_place_widget_bound_to_its_node():
         assert (selector, "currentNodeChanged(vtkMRMLNode*)", place, "setCurrentNode(vtkMRMLNode*)") in connections
         assert ("SAMFusion", "mrmlSceneChanged(vtkMRMLScene*)", place, "setMRMLScene(vtkMRMLScene*)") in connections
     assert "<class>qSlicerMarkupsPlaceWidget</class>" in (ROOT / "SAMFusion" / "Resources" / "UI" / "SAMFusion.ui").read_text()
+
+
+def test_the_panel_starts_on_the_model_tables_default():
+    """A fresh parameter node selects the model the command line uses by default (the fine-tuned
+    LiteMedSAM), not the from-scratch demo model."""
+    from SAMFusionLib.sam.models import load_table
+
+    tree = ast.parse((ROOT / "SAMFusion" / "SAMFusion.py").read_text())
+    node = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "SAMFusionParameterNode")
+    model = next(item for item in node.body if isinstance(item, ast.AnnAssign) and item.target.id == "model")
+    assert ast.literal_eval(model.value) == load_table().default == "samfusion-lite"
