@@ -102,8 +102,8 @@ METHODS = {"samfusion (match rule)": ours, f"samfusion, detail gain {SHARPENED_G
 
 
 def run_benchmark(pairs: list[tuple[np.ndarray, np.ndarray]] | None = None, repeats: int = 5, pair_set: str = "slab") -> dict:
-    """Every method on ``pairs`` (default: the ``slab`` set); ``pair_set`` names the set (``PAIR_SETS``)."""
-    pairs = pairs if pairs is not None else benchmark_pairs()
+    """Every method on ``pairs``: by default the set ``pair_set`` names (``PAIR_SETS``), which also titles the table."""
+    pairs = pairs if pairs is not None else PAIR_SETS[pair_set]()
     results = {}
     for name, method in METHODS.items():
         method(*pairs[0])  # warm-up
@@ -134,7 +134,7 @@ def format_table(figures: dict) -> str:
     """The benchmark as a Markdown table, one row per method."""
     columns = ["EN", "SD", "SF", "MI", "Qabf", "SSIM", "ms_per_pair"]
     lines = [
-        f"Fusion benchmark, {SET_TITLES[figures.get('set', 'slab')]}: {figures['pairs']} pairs, the first of "
+        f"Fusion benchmark, {SET_TITLES[figures['set']]}: {figures['pairs']} pairs, the first of "
         f"{figures['size'][1]}x{figures['size'][0]} px ({figures['conventions']})",
         "",
         "| method | " + " | ".join(columns) + " |",

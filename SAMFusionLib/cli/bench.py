@@ -47,7 +47,7 @@ def cmd_bench(args) -> int:
     if args.what == "fuse":
         from SAMFusionLib.bench.fusion import PAIR_SETS, format_table, run_benchmark
 
-        figures = [run_benchmark(make(), pair_set=name) for name, make in PAIR_SETS.items()]
+        figures = [run_benchmark(pair_set=name) for name in PAIR_SETS]
         print(json.dumps(figures) if args.json else "\n\n".join(format_table(f) for f in figures))
         return 0
     from SAMFusionLib.bench.segment import run_benchmark
