@@ -1,17 +1,20 @@
-"""L-BFGS with a strong-Wolfe line search, on torch tensors, for the registration's few parameters.
+"""L-BFGS with a strong-Wolfe line search, in NumPy, for the registration's parameters.
 
-``torch.optim.LBFGS`` would do, but constructing any ``torch.optim`` optimiser imports
-``torch._dynamo`` (its methods are wrapped by ``torch._disable_dynamo``), which costs 1.5-5.5 s in a
-fresh process: more than a whole registration. This is the textbook method instead (Nocedal &
-Wright, *Numerical Optimization*, 2nd ed.: the two-loop recursion, Algorithm 7.4; the line search
-with bracketing and zoom, Algorithms 3.5 and 3.6, with cubic interpolation, eq. 3.59), with the
-same defaults as ``torch.optim.LBFGS(lr=1, line_search_fn="strong_wolfe")``.
+The textbook method (Nocedal & Wright, *Numerical Optimization*, 2nd ed.: the two-loop recursion,
+Algorithm 7.4; the line search with bracketing and zoom, Algorithms 3.5 and 3.6, with cubic
+interpolation, eq. 3.59), with the defaults of ``torch.optim.LBFGS(lr=1, line_search_fn="strong_wolfe")``,
+which the registration's settings were tuned with (a test checks both reach the same point).
+Not torch's: constructing any ``torch.optim`` optimiser imports ``torch._dynamo`` (1.5-5.5 s in a
+fresh process), and the registration runs without torch; SciPy (L-BFGS-B, another line search)
+is not a dependency of the engine.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+
+import numpy as np
 
 
 def _cubic_minimum(t1: float, f1: float, g1: float, t2: float, f2: float, g2: float, low: float, high: float) -> float:
@@ -74,7 +77,7 @@ def _strong_wolfe(evaluate: Callable, x, d, start: _Point, t: float, c1: float =
     if bracket is None:
         bracket = [start, current]
     # Zoom (Algorithm 3.6): shrink the bracket by cubic interpolation; ``best`` has the lower loss.
-    scale = float(d.abs().max())
+    scale = float(np.abs(d).max())
     stalled = False
     while steps < max_steps:
         best, other = (bracket[0], bracket[1]) if bracket[0].f <= bracket[1].f else (bracket[1], bracket[0])
@@ -107,40 +110,18 @@ def _strong_wolfe(evaluate: Callable, x, d, start: _Point, t: float, c1: float =
     return best, evaluations
 
 
-def minimise(parameters: list, loss_of: Callable[[], object], max_iterations: int, history_size: int = 100,
-             tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9) -> float:
-    """Minimise ``loss_of()`` (a scalar tensor built from ``parameters``) in place with L-BFGS.
+def minimise(evaluate: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, max_iterations: int,
+             history_size: int = 100, tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9) -> tuple[np.ndarray, float]:
+    """Minimise ``evaluate(x) -> (loss, gradient)`` from ``x0`` (a float64 vector) with L-BFGS.
 
-    ``parameters`` are leaf tensors with ``requires_grad``; they end at the best point found. At most
-    ``max_iterations`` iterations and 1.25 times as many loss evaluations. Returns the last loss.
+    At most ``max_iterations`` iterations and 1.25 times as many loss evaluations. Returns the point
+    reached and its loss.
     """
-    import torch
-
-    sizes = [p.numel() for p in parameters]
-    dtype = torch.float64
-
-    def assign(flat) -> None:
-        with torch.no_grad():
-            for p, piece in zip(parameters, torch.split(flat, sizes)):
-                p.copy_(piece.view_as(p).to(p.dtype))
-
-    def evaluate(flat) -> tuple[float, object]:
-        assign(flat)
-        for p in parameters:
-            p.grad = None
-        loss = loss_of()
-        loss.backward()
-        grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype) for p in parameters])
-        return float(loss.detach()), grad
-
-    def flat_parameters():
-        return torch.cat([p.detach().reshape(-1).to(dtype) for p in parameters])
-
-    x = flat_parameters()
+    x = np.asarray(x0, float).copy()
     f, g = evaluate(x)
     evaluations, max_evaluations = 1, max_iterations * 5 // 4
-    if float(g.abs().max()) <= tolerance_grad:
-        return f
+    if float(np.abs(g).max(initial=0.0)) <= tolerance_grad:
+        return x, f
     steps: list = []  # (s, y, 1 / y.s), oldest first
     d, t = -g, 0.0
     for iteration in range(1, max_iterations + 1):
@@ -163,7 +144,7 @@ def minimise(parameters: list, loss_of: Callable[[], object], max_iterations: in
         if slope > -tolerance_change:
             break
         # The first step is scaled so that it moves no parameter far (|g|_1 may be large).
-        t = min(1.0, 1.0 / float(g.abs().sum())) if iteration == 1 else 1.0
+        t = min(1.0, 1.0 / float(np.abs(g).sum())) if iteration == 1 else 1.0
         point, used = _strong_wolfe(evaluate, x, d, _Point(0.0, f, g, slope), t, tolerance=tolerance_change)
         evaluations += used
         step = point.t * d
@@ -173,13 +154,9 @@ def minimise(parameters: list, loss_of: Callable[[], object], max_iterations: in
             steps.append((step, y, 1.0 / curvature))
             if len(steps) > history_size:
                 steps.pop(0)
-        # The parameters hold the new point in their own dtypes (the mask offset is float32), and the
-        # next iteration starts from those values, rounding included, as torch.optim.LBFGS does.
-        assign(x + step)
-        x, f_previous, f, g = flat_parameters(), f, point.f, point.g
+        x, f_previous, f, g = x + step, f, point.f, point.g
         if iteration == max_iterations or evaluations >= max_evaluations:
             break
-        if float(g.abs().max()) <= tolerance_grad or float(step.abs().max()) <= tolerance_change or abs(f - f_previous) < tolerance_change:
+        if float(np.abs(g).max()) <= tolerance_grad or float(np.abs(step).max()) <= tolerance_change or abs(f - f_previous) < tolerance_change:
             break
-    assign(x)
-    return f
+    return x, f

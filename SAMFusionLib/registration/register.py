@@ -14,6 +14,9 @@ points to moving points (ITK's resampling convention). Steps:
    non-rigid field can fit noise and the masks' imperfections as well as anatomy);
 4. check quality: mask Dice after warping, Match_Loss before (identity) and after, a sane
    scale and a fold-free non-rigid field. A failed check is reported as a failure, never hidden.
+
+NumPy and OpenCV only: each loss term returns its gradient (``match_loss``, ``levels``,
+``transforms2d`` write the chain rule out), so a cold ``samfusion register`` imports no torch.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from SAMFusionLib.errors import Cancelled, SamFusionError
 from SAMFusionLib.imaging.grid2d import Grid2D, downsampled
 from SAMFusionLib.registration.lbfgs import minimise
 from SAMFusionLib.registration.levels import Level
-from SAMFusionLib.registration.match_loss import match_loss, ngf_loss, soft_mask
+from SAMFusionLib.registration.match_loss import match_loss_gradient, ngf_loss_gradient, soft_mask
 from SAMFusionLib.registration.transforms2d import STAGES, Transform2D
 from SAMFusionLib.registration.verdict import gradient_correlation_after, mask_mismatch, quality_check
 
@@ -85,9 +88,6 @@ class RegistrationOptions:
     # gets (0 -> 0.01: seed 1 0.452 -> 0.407 mm, seeds 0 and 2-4 and the phantom with true masks
     # unchanged; in the pipeline's "both", phantom seed 7 1.93 -> 0.97 mm).
     correlation_gain: float = 0.01
-    # Where the optimisation runs: "cpu" (measured: all figures here), "cuda" or "auto" (CUDA when
-    # present). Apple MPS lacks float64, which the transform uses, so it is refused.
-    device: str = "cpu"
     ngf_epsilon: float = 0.2  # on standardised images; larger ignores weak (noisy) gradients (0.05 -> 0.2: median TRE 0.96 -> 0.78 mm)
     # Larger images are registered on area-averaged working copies of at most this many pixels a
     # side (a 2000 px radiograph at 0.16 mm: 205 s and 2.2 GB at full size). The transform is
@@ -141,36 +141,55 @@ def _check_inputs(fixed, fixed_grid, moving, moving_grid, fixed_mask, moving_mas
 
 
 class MaskOffset:
-    """A fitted offset (mm) of the moving mask's contour along its normal, bounded to +-bound_mm."""
+    """A fitted offset (mm) of the moving mask's contour along its normal, bounded to +-bound_mm
+    (``bound_mm * tanh(raw)``)."""
 
-    def __init__(self, bound_mm: float, device="cpu"):
-        import torch
-
+    def __init__(self, bound_mm: float):
         self.bound_mm = bound_mm
-        self.raw = torch.zeros(1, dtype=torch.float64, device=device)
+        self.raw = 0.0
 
-    def mm(self):
-        import torch
+    def mm(self) -> float:
+        return self.bound_mm * float(np.tanh(self.raw))
 
-        return self.bound_mm * torch.tanh(self.raw)
+    def slope(self) -> float:
+        """d mm / d raw."""
+        return self.bound_mm * (1.0 - float(np.tanh(self.raw)) ** 2)
 
 
 def _loss(level: Level, transform: Transform2D, options: RegistrationOptions, use_masks: bool, nonrigid: bool,
-          match_scale: float = 1.0, offset: MaskOffset | None = None):
-    warped, exposure = level.warp(transform, nonrigid)
+          match_scale: float = 1.0, offset: MaskOffset | None = None) -> tuple[float, dict[str, np.ndarray], float]:
+    """The registration loss at ``level``; its gradient with respect to the transform's parameters
+    (by name) and with respect to the offset's raw parameter (0 without one)."""
+    warped = level.warp(transform, nonrigid)
+    grad_maps = np.zeros_like(warped.maps)
+    grad_exposure = None
+    grad_offset = 0.0
     total = 0.0
     if use_masks and match_scale > 0:
         weight = options.match_weight * match_scale
-        moved = warped[0]
+        moved = warped.maps[0]
+        live = None
         if offset is not None:  # the moving mask map is unclipped: offset its contour, then clip like the fixed one
-            moved = (moved + offset.mm() / level.radius_mm).clamp(-1.0, 1.0)
-        total = total + weight * match_loss(level.fixed[0], moved, options.match_mode, grad_a=level.fixed_gradients[0])
+            shifted = moved + offset.mm() / level.radius_mm
+            moved, live = np.clip(shifted, -1.0, 1.0), (shifted >= -1.0) & (shifted <= 1.0)
+        loss, grad = match_loss_gradient(level.fixed_gradients[0], moved, options.match_mode)
+        grad = weight * (grad if live is None else grad * live)
+        total += weight * loss
+        grad_maps[0] = grad
+        if offset is not None:
+            grad_offset = float(grad.sum(dtype=np.float64)) * offset.slope() / level.radius_mm
     if options.intensity_weight > 0 or not use_masks:
         weight = options.intensity_weight if use_masks else 1.0
-        total = total + weight * ngf_loss(level.fixed[-1], warped[-1], epsilon=options.ngf_epsilon, grad_a=level.fixed_gradients[-1], weight=exposure)
+        loss, grad, grad_exposure = ngf_loss_gradient(level.fixed_gradients[-1], warped.maps[-1], options.ngf_epsilon, warped.exposure)
+        total += weight * loss
+        grad_maps[-1] += weight * grad
+        grad_exposure = None if grad_exposure is None else weight * grad_exposure
+    gradient = level.backward(transform, warped, grad_maps, grad_exposure)
     if nonrigid:
-        total = total + options.bending_weight * transform.bending_energy()
-    return total
+        energy, grad_d = transform.bending_energy()
+        total += options.bending_weight * energy
+        gradient["d"] = gradient["d"] + options.bending_weight * grad_d
+    return total, gradient, grad_offset
 
 
 @dataclass(frozen=True)
@@ -204,26 +223,32 @@ def schedule(options: RegistrationOptions, fixed_pixels: int) -> list[Step]:
 
 
 def _optimise(level, transform, options, use_masks, step: Step, cancelled=None, offset: MaskOffset | None = None) -> float:
-    import torch
-
+    """Run ``step`` from the current ``transform`` (and ``offset``), updating them; the loss reached."""
     nonrigid = step.stage == "nonrigid"
-    parameters = transform.free(step.stage)
-    if offset is not None:
-        # Free from the first finer level on, and for the non-rigid field: at the coarsest linear
-        # stages, far from the solution, an offset could only trade overlap for a smaller band.
-        free = step.factor != options.levels[0] or nonrigid
-        offset.raw.requires_grad_(free)
-        if free:
-            parameters = parameters + [offset.raw]
+    names = transform.free_names(step.stage)
+    # The offset is free from the first finer level on, and for the non-rigid field: at the coarsest
+    # linear stages, far from the solution, an offset could only trade overlap for a smaller band.
+    offset_free = offset is not None and (step.factor != options.levels[0] or nonrigid)
 
-    def loss_of():
+    def set_point(x: np.ndarray) -> None:
+        transform.set_flat(step.stage, x[:-1] if offset_free else x)
+        if offset_free:
+            offset.raw = float(x[-1])
+
+    def evaluate(x: np.ndarray) -> tuple[float, np.ndarray]:
         if cancelled is not None and cancelled():
             raise Cancelled("cancelled during registration")
-        return _loss(level, transform, options, use_masks, nonrigid, step.match_scale, offset)
+        set_point(x)
+        loss, gradient, grad_offset = _loss(level, transform, options, use_masks, nonrigid, step.match_scale, offset)
+        flat = np.concatenate([gradient[name].ravel() for name in names] + ([np.array([grad_offset])] if offset_free else []))
+        return loss, flat
 
-    minimise(parameters, loss_of, step.iterations)
-    with torch.no_grad():
-        return float(_loss(level, transform, options, use_masks, nonrigid, step.match_scale, offset))
+    start = transform.flat(step.stage)
+    if offset_free:
+        start = np.append(start, offset.raw)
+    x, loss = minimise(evaluate, start, step.iterations)
+    set_point(x)
+    return loss
 
 
 def exposed_field(image: np.ndarray, margin_px: int = 3) -> np.ndarray:
@@ -252,20 +277,6 @@ def exposed_field(image: np.ndarray, margin_px: int = 3) -> np.ndarray:
         height, width = image.shape
         field[top + margin_px : height - bottom - margin_px, left + margin_px : width - right - margin_px] = True
     return field
-
-
-def registration_device(preference: str) -> str:
-    """The torch device for ``RegistrationOptions.device``: "cpu", "cuda[:N]" (an error when absent)
-    or "auto" (CUDA when present, else the CPU)."""
-    import torch
-
-    from SAMFusionLib.device import select_device
-
-    if preference == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if preference == "mps":
-        raise SamFusionError("the registration cannot run on Apple MPS (no float64): use cpu")
-    return select_device(preference)
 
 
 def _standardise(image: np.ndarray) -> np.ndarray:
@@ -309,13 +320,10 @@ def register_2d(
 def _register(fixed, fixed_grid, moving, moving_grid, fixed_mask, moving_mask, options, cancelled) -> RegistrationResult:
     """``register_2d`` on images within the working size, already checked; ``register_2d`` adds
     the report's ``seconds`` and ``working_px``."""
-    import torch
-
     if options.transform not in STAGES:
         raise SamFusionError(f"unknown transform {options.transform!r}: use {', '.join(STAGES)}")
     if options.select_by not in ("either", "both"):
         raise SamFusionError(f"unknown select_by {options.select_by!r}: use either or both")
-    device = registration_device(options.device)
     final = STAGES.index(options.transform)
     use_masks = fixed_mask is not None
     fixed_i, moving_i = _standardise(fixed), _standardise(moving)
@@ -346,15 +354,14 @@ def _register(fixed, fixed_grid, moving, moving_grid, fixed_mask, moving_mask, o
     rows, columns = np.nonzero(field.any(1))[0], np.nonzero(field.any(0))[0]
     exposed = (int(columns[0]), int(columns[-1]), int(rows[0]), int(rows[-1]))
     field = None if field.all() else field
-    levels = {f: Level(f, maps(f, "fixed"), maps(f, "moving"), fixed_grid, moving_grid, exposed, radius_mm(f), options.control_shape, device)
+    levels = {f: Level(f, maps(f, "fixed"), maps(f, "moving"), fixed_grid, moving_grid, exposed, radius_mm(f), options.control_shape)
               for f in options.levels}
-    offset = MaskOffset(options.mask_offset_px * float(fixed_grid.spacing.mean()), device) if use_masks and options.mask_offset_px > 0 else None
+    offset = MaskOffset(options.mask_offset_px * float(fixed_grid.spacing.mean())) if use_masks and options.mask_offset_px > 0 else None
     coarse = levels[options.levels[0]]
     candidates = []
     for angle in angles:
-        candidate = Transform2D(c_f, c_m - c_f, angle, log_scale, options.control_shape).to(device)
-        with torch.no_grad():
-            candidates.append((float(_loss(coarse, candidate, options, use_masks, False, offset=offset)), candidate))
+        candidate = Transform2D(c_f, c_m - c_f, angle, log_scale, options.control_shape)
+        candidates.append((_loss(coarse, candidate, options, use_masks, False, offset=offset)[0], candidate))
     transform = min(candidates, key=lambda pair: pair[0])[1]
 
     history = []
@@ -390,7 +397,7 @@ def _register(fixed, fixed_grid, moving, moving_grid, fixed_mask, moving_mask, o
         "chosen_model": chosen,
         "seconds": None,  # set by register_2d, which times the whole call
         "parameters": transform.summary(),
-        "mask_offset_mm": None if offset is None else round(float(offset.mm().detach()), 3),
+        "mask_offset_mm": None if offset is None else round(offset.mm(), 3),
         "stages": history,
         **quality,
         "passed": passed,

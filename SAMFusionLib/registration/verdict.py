@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from SAMFusionLib.imaging.grid2d import Grid2D, resample_onto
-from SAMFusionLib.registration.match_loss import match_loss, soft_mask
+from SAMFusionLib.registration.match_loss import match_loss_gradient, sobel, soft_mask
 from SAMFusionLib.registration.transforms2d import Transform2D
 
 
@@ -43,14 +43,11 @@ def mask_mismatch(fixed_mask, fixed_grid: Grid2D, moving_mask, moving_grid: Grid
                   max_offset_px: float = 2.0) -> float:
     """Match_Loss of the fixed mask and the warped moving one, minimised over a uniform offset of the
     moving contour (-max_offset_px..max_offset_px): a mask's uniform erosion or dilation is not a misfit."""
-    import torch
-
     spacing = float(fixed_grid.spacing.mean())
-    fixed_soft = torch.as_tensor(soft_mask(fixed_mask, spacing, radius_mm))[None, None]
+    fixed_gradient = sobel(soft_mask(fixed_mask, spacing, radius_mm))
     moved = resample_onto(soft_mask(moving_mask, float(moving_grid.spacing.mean()), radius_mm, clip=False), moving_grid, fixed_grid, sitk_transform)
-    moved = torch.as_tensor(moved)[None, None]
     offsets = np.linspace(-max_offset_px, max_offset_px, 9 if max_offset_px > 0 else 1) * spacing / radius_mm
-    return min(float(match_loss(fixed_soft, (moved + o).clamp(-1, 1))) for o in offsets)
+    return min(match_loss_gradient(fixed_gradient, np.clip(moved + o, -1, 1))[0] for o in offsets)
 
 
 def warp_mask(mask: np.ndarray, grid: Grid2D, reference_grid: Grid2D, sitk_transform) -> np.ndarray:
@@ -73,7 +70,6 @@ def physical_size_ratio(a: Grid2D, b: Grid2D) -> float:
 def quality_check(fixed_mask, fixed_grid, moving_mask, moving_grid, sitk_transform, transform: Transform2D, options) -> tuple[bool, str, dict]:
     """Pass/fail with its reason, and the figures behind it."""
     import SimpleITK as sitk
-    import torch
 
     from SAMFusionLib.imaging.metrics import dice
 
@@ -91,13 +87,12 @@ def quality_check(fixed_mask, fixed_grid, moving_mask, moving_grid, sitk_transfo
     warped_before = warp_mask(moving_mask, moving_grid, fixed_grid, identity)
     warped_after = warp_mask(moving_mask, moving_grid, fixed_grid, sitk_transform)
     radius = options.radius_px * float(fixed_grid.spacing.mean())
-    fixed_soft = torch.as_tensor(soft_mask(fixed_mask, float(fixed_grid.spacing.mean()), radius))[None, None]
+    fixed_gradient = sobel(soft_mask(fixed_mask, float(fixed_grid.spacing.mean()), radius))
 
     def loss_of(warped: np.ndarray) -> float:
         if not warped.any():
             return float("inf")
-        moved = torch.as_tensor(soft_mask(warped, float(fixed_grid.spacing.mean()), radius))[None, None]
-        return float(match_loss(fixed_soft, moved, options.match_mode))
+        return match_loss_gradient(fixed_gradient, soft_mask(warped, float(fixed_grid.spacing.mean()), radius), options.match_mode)[0]
 
     figures = {
         "dice_before": round(dice(fixed_mask, warped_before), 4),
