@@ -54,7 +54,8 @@ class Warped:
 
     maps: np.ndarray
     exposure: np.ndarray | None
-    displacement: np.ndarray | None
+    points: tuple[np.ndarray, np.ndarray]  # (N,) each: the physical x and y sampled through A, b (displaced where non-rigid)
+    nonrigid: bool
     slopes: tuple[np.ndarray, np.ndarray]  # (C, N) each: d map / d x and d y (moving index) at each sample, 0 where clamped
     exposure_slopes: tuple[np.ndarray, np.ndarray] | None  # (N,) each: d exposure / d x and d y
 
@@ -93,16 +94,14 @@ class Level:
         self.moving_hw = moving_grid.shape_hw
         self.radius_mm = radius_mm  # the mask maps' clipping radius at this level
 
-    def _moving_index(self, transform: Transform2D, displacement: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """(N,) float32 continuous x and y pixel indices in the moving image of the level's points:
-        index = M (A (p + d - c) + c + t - origin), M the moving grid's physical -> index matrix."""
+    def _moving_index(self, transform: Transform2D, points: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) float32 continuous x and y pixel indices in the moving image of the (N,) physical
+        ``points`` x and y (the level's points, displaced where non-rigid): index = M (A q + b - origin),
+        ``transform.affine()`` folded into M, the moving grid's physical -> index matrix."""
         with np.errstate(invalid="ignore", over="ignore"):  # a diverging trial step: handled below
-            matrix = self.to_moving_index @ transform.matrix()
-            shift = self.to_moving_index @ (transform.center + transform.translation_mm() - self.moving_origin) - matrix @ transform.center
-            px, py = self.points_x, self.points_y
-            if displacement is not None:
-                px, py = px + displacement[:, 0], py + displacement[:, 1]
-            index = [matrix[row, 0] * px + matrix[row, 1] * py + shift[row] for row in range(2)]
+            matrix, offset = transform.affine()
+            matrix, shift = self.to_moving_index @ matrix, self.to_moving_index @ (offset - self.moving_origin)
+            index = [matrix[row, 0] * points[0] + matrix[row, 1] * points[1] + shift[row] for row in range(2)]
         # Non-finite or huge coordinates (a diverging step) sample the border like any point beyond it.
         return tuple(np.nan_to_num(i, nan=-1e6, posinf=1e6, neginf=-1e6).astype(np.float32) for i in index)
 
@@ -115,8 +114,11 @@ class Level:
         would pull): their few parameters cannot chase streaks, and weighting there made 3 of 16
         phantom pipelines worse: 1.1, 1.1, 3.3 -> 3.5, 6.3, 8.8 mm.
         """
-        displacement = transform.displacement_on_lattice(self.weights_y, self.weights_x) if nonrigid else None
-        x, y = self._moving_index(transform, displacement)
+        points = (self.points_x, self.points_y)
+        if nonrigid:
+            displacement = transform.displacement_on_lattice(self.weights_y, self.weights_x)
+            points = (points[0] + displacement[:, 0], points[1] + displacement[:, 1])
+        x, y = self._moving_index(transform, points)
         height, width = self.moving_hw
         # Border padding: a sample beyond the image reads its edge, and does not move with the point.
         cx, cy = np.clip(x, 0, width - 1), np.clip(y, 0, height - 1)
@@ -128,7 +130,7 @@ class Level:
         slopes = ((cell[:, 1] + fy * cell[:, 3]) * ((x >= 0) & (x <= width - 1)),
                   (cell[:, 2] + fx * cell[:, 3]) * ((y >= 0) & (y <= height - 1)))
         if not (nonrigid or self.collimated):
-            return Warped(maps, None, displacement, slopes, None)
+            return Warped(maps, None, points, nonrigid, slopes, None)
         x0e, x1e, y0e, y1e = self.exposed
         ramps = np.stack([x - x0e + 1, x1e + 1 - x, y - y0e + 1, y1e + 1 - y])
         clamped = np.clip(ramps, 0, 1)
@@ -136,7 +138,7 @@ class Level:
         weight = clamped.prod(0)
         wx, wy = clamped[0] * clamped[1], clamped[2] * clamped[3]
         exposure_slopes = ((live[0] * clamped[1] - clamped[0] * live[1]) * wy, (live[2] * clamped[3] - clamped[2] * live[3]) * wx)
-        return Warped(maps, weight.reshape(self.shape), displacement, slopes, exposure_slopes)
+        return Warped(maps, weight.reshape(self.shape), points, nonrigid, slopes, exposure_slopes)
 
     def backward(self, transform: Transform2D, warped: Warped, grad_maps: np.ndarray,
                  grad_exposure: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -149,12 +151,10 @@ class Level:
         grad_index = np.stack(grad_index).astype(np.float64)  # (2, N)
         # index = M (A (q - c) + c + t - origin) with q = p + d: the chain rule through M, then A.
         grad_moved = self.to_moving_index.T @ grad_index  # (2, N), with respect to the moving physical point
-        px, py = self.points_x, self.points_y
-        if warped.displacement is not None:
-            px, py = px + warped.displacement[:, 0], py + warped.displacement[:, 1]
+        px, py = warped.points
         relative = np.stack([px - transform.center[0], py - transform.center[1]])  # (2, N)
         grad_matrix = grad_moved @ relative.T
         grad_lattice = None
-        if warped.displacement is not None:
+        if warped.nonrigid:
             grad_lattice = (transform.matrix().T @ grad_moved).reshape(2, *self.shape)
         return transform.backward(grad_matrix, grad_moved.sum(1), grad_lattice, self.weights_y, self.weights_x)

@@ -57,27 +57,39 @@ def sobel_adjoint(grad: np.ndarray) -> np.ndarray:
     return full[1:-1, 1:-1]
 
 
+def _match_difference(grad_a: np.ndarray, grad_b: np.ndarray, mode: str) -> np.ndarray:
+    """The per-pixel differences whose mean absolute value is Match_Loss: (2, H, W) for
+    ``"vector"``, (H, W) for ``"magnitude"``."""
+    if mode == "vector":
+        return grad_a - grad_b
+    if mode == "magnitude":
+        return np.sqrt((grad_a**2).sum(0)) - np.sqrt((grad_b**2).sum(0))
+    raise SamFusionError(f"unknown Match_Loss mode {mode!r}: use {' or '.join(MATCH_MODES)}")
+
+
+def match_loss_against(grad_a: np.ndarray, b: np.ndarray, mode: str = "vector") -> float:
+    """Match_Loss of A (given by its ``sobel``, (2, H, W)) and B (H, W), without the gradient
+    (the verdict's measures need only the value)."""
+    return float(np.abs(_match_difference(grad_a, sobel(b), mode)).sum(dtype=np.float64)) / b.size
+
+
 def match_loss_gradient(grad_a: np.ndarray, b: np.ndarray, mode: str = "vector") -> tuple[float, np.ndarray]:
     """Match_Loss of A (given by its ``sobel``, (2, H, W)) and B (H, W); and its (H, W) gradient
     with respect to B."""
     grad_b = sobel(b)
     count = b.size
+    difference = _match_difference(grad_a, grad_b, mode)
+    loss = float(np.abs(difference).sum(dtype=np.float64)) / count
     if mode == "vector":
-        difference = grad_a - grad_b
-        loss = float(np.abs(difference).sum(dtype=np.float64)) / count
         return loss, sobel_adjoint(-np.sign(difference) / count)
-    if mode == "magnitude":
-        norm_a, norm_b = np.sqrt((grad_a**2).sum(0)), np.sqrt((grad_b**2).sum(0))
-        difference = norm_a - norm_b
-        loss = float(np.abs(difference).sum(dtype=np.float64)) / count
-        direction = grad_b / np.maximum(norm_b, 1e-12)
-        return loss, sobel_adjoint(-np.sign(difference) * direction / count)
-    raise SamFusionError(f"unknown Match_Loss mode {mode!r}: use {' or '.join(MATCH_MODES)}")
+    # |S(B)| changes along S(B)'s own direction.
+    direction = grad_b / np.maximum(np.sqrt((grad_b**2).sum(0)), 1e-12)
+    return loss, sobel_adjoint(-np.sign(difference) * direction / count)
 
 
 def match_loss(a: np.ndarray, b: np.ndarray, mode: str = "vector") -> float:
     """Match_Loss between two (H, W) maps."""
-    return match_loss_gradient(sobel(a), b, mode)[0]
+    return match_loss_against(sobel(a), b, mode)
 
 
 def ngf_loss_gradient(grad_a: np.ndarray, b: np.ndarray, epsilon: float = 1e-2,

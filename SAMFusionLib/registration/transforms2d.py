@@ -116,12 +116,18 @@ class Transform2D:
         lattice = weights_y @ (self.params["d"] * TRANSLATION_UNIT_MM) @ weights_x.T  # (2, H, W)
         return lattice.reshape(2, -1).T
 
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(A, b) with q = A (p + d) + b: the linear part (2, 2) and the offset b = c + t - A c (2,) mm."""
+        matrix = self.matrix()
+        return matrix, self.center + self.translation_mm() - matrix @ self.center
+
     def __call__(self, points: np.ndarray, displacement: np.ndarray | None = None) -> np.ndarray:
         """Map (N, 2) fixed physical points to moving physical points; ``displacement`` (N, 2) mm is
         the non-rigid displacement at those points (None: the linear transform alone)."""
         if displacement is not None:
             points = points + displacement
-        return (points - self.center) @ self.matrix().T + self.center + self.translation_mm()
+        matrix, offset = self.affine()
+        return points @ matrix.T + offset
 
     def backward(self, grad_matrix: np.ndarray, grad_translation_mm: np.ndarray, grad_lattice: np.ndarray | None = None,
                  weights_y: np.ndarray | None = None, weights_x: np.ndarray | None = None) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from SAMFusionLib.imaging.grid2d import Grid2D, resample_onto
-from SAMFusionLib.registration.match_loss import match_loss_gradient, sobel, soft_mask
+from SAMFusionLib.registration.match_loss import match_loss_against, sobel, soft_mask
 from SAMFusionLib.registration.transforms2d import Transform2D
 
 
@@ -47,7 +47,7 @@ def mask_mismatch(fixed_mask, fixed_grid: Grid2D, moving_mask, moving_grid: Grid
     fixed_gradient = sobel(soft_mask(fixed_mask, spacing, radius_mm))
     moved = resample_onto(soft_mask(moving_mask, float(moving_grid.spacing.mean()), radius_mm, clip=False), moving_grid, fixed_grid, sitk_transform)
     offsets = np.linspace(-max_offset_px, max_offset_px, 9 if max_offset_px > 0 else 1) * spacing / radius_mm
-    return min(match_loss_gradient(fixed_gradient, np.clip(moved + o, -1, 1))[0] for o in offsets)
+    return min(match_loss_against(fixed_gradient, np.clip(moved + o, -1, 1)) for o in offsets)
 
 
 def warp_mask(mask: np.ndarray, grid: Grid2D, reference_grid: Grid2D, sitk_transform) -> np.ndarray:
@@ -92,7 +92,7 @@ def quality_check(fixed_mask, fixed_grid, moving_mask, moving_grid, sitk_transfo
     def loss_of(warped: np.ndarray) -> float:
         if not warped.any():
             return float("inf")
-        return match_loss_gradient(fixed_gradient, soft_mask(warped, float(fixed_grid.spacing.mean()), radius), options.match_mode)[0]
+        return match_loss_against(fixed_gradient, soft_mask(warped, float(fixed_grid.spacing.mean()), radius), options.match_mode)
 
     figures = {
         "dice_before": round(dice(fixed_mask, warped_before), 4),
