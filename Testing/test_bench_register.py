@@ -42,3 +42,18 @@ def test_the_non_rigid_field_is_kept_only_where_the_images_need_it(shared_data):
         assert result.report["chosen_model"] == expected
         mapped = np.array([result.sitk_transform.TransformPoint(tuple(p)) for p in case.points])
         assert tre_of(case, mapped) < 1.0
+
+
+def test_a_field_the_masks_support_by_a_narrow_margin_is_kept(shared_data):
+    """Case 3 (the abdomen, warped non-rigidly) is the benchmark's narrowest true non-rigid case:
+    its masks' Match_Loss falls by 1.14x with the field (measured 1.143; the lowest of the 100
+    non-rigid cases of seeds 0-4). At the previous threshold, 1.15, the field was dropped and the
+    affine result landed at 3.2 mm; at 1.12 it is kept (measured 0.77 mm)."""
+    from SAMFusionLib.registration.register import RegistrationOptions, register_2d
+
+    case = make_cases(4)[3]
+    assert case.nonrigid and RegistrationOptions().selection_gain <= 1.13
+    result = register_2d(case.fixed, case.grid, case.moving, case.grid, case.fixed_mask, case.moving_mask)
+    assert result.report["chosen_model"] == "nonrigid"
+    mapped = np.array([result.sitk_transform.TransformPoint(tuple(p)) for p in case.points])
+    assert tre_of(case, mapped) < 1.5
