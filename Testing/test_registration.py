@@ -17,6 +17,7 @@ from SAMFusionLib.imaging.geometry import ImageGeometry
 from SAMFusionLib.imaging.grid2d import Grid2D
 from SAMFusionLib.registration.match_loss import (
     match_loss,
+    match_loss_against,
     match_loss_gradient,
     ngf_loss,
     ngf_loss_gradient,
@@ -88,6 +89,8 @@ def test_the_loss_gradients_equal_torch_autograd_of_the_formulas(mode):
     loss, grad = match_loss_gradient(sobel(a), b, mode)
     assert loss == pytest.approx(float(expected.detach()), rel=1e-5)
     np.testing.assert_allclose(grad, tb.grad.numpy(), atol=1e-6)
+    # The verdict's value-only path computes the same loss.
+    assert match_loss_against(sobel(a), b, mode) == loss
 
     tb.grad = None
     gb = torch_sobel(tb)
