@@ -77,10 +77,10 @@ class RegistrationOptions:
     # (offset-corrected, ``mask_mismatch``) falling by the factor ``selection_gain`` (on the
     # benchmark's 200 cases of seeds 0-4, a true non-rigid warp gives 1.14-2.0, a true affine one
     # 0.98-1.25 (5th-95th percentile): the kinds overlap, but a field kept by mistake costs less than
-    # one dropped by mistake; 1.15 -> 1.12, seeds 0-4,
-    # 200 cases: 8 flip, 5 better (3.20 -> 0.77 mm at most), 2 worse (0.12 -> 0.66 mm at most),
-    # success 198 -> 199 of 200; the pipeline's 48 phantom seeds: 1 flips, 1.15 -> 1.71 mm); and the images'
-    # gradient correlation rises by more than ``correlation_gain``. ``select_by="either"`` keeps the field on either (benchmark
+    # one dropped by mistake. 1.15 -> 1.12 on those cases: 8 flip, 5 better (3.20 -> 0.77 mm at
+    # most), 2 worse (0.12 -> 0.66 mm at most), success 198 -> 199 of 200; the pipeline's 48 phantom
+    # seeds: 1 flips, 1.15 -> 1.71 mm); and the images' gradient correlation rises by more than
+    # ``correlation_gain``. ``select_by="either"`` keeps the field on either (benchmark
     # seeds 0-4: median 0.39-0.48 mm, success 0.975-1.00; the phantom with true masks, whose warp
     # is nearly affine over the small target, 0.89 -> 0.47 mm against the masks alone); "both"
     # needs both (for rough masks, see PipelineOptions.select_by; on the benchmark too strict:
