@@ -210,7 +210,7 @@ def run_pipeline(
     lap("project")
 
     # 4. Register the X-ray to it. The optimiser polls ``during_registration`` at every evaluation:
-    # it reports progress (at most every 0.1 s) so that a GUI processes events and its Cancel fires.
+    # it reports progress (at most every REPORT_EVERY_S) so that a GUI processes events and its Cancel fires.
     step("register")
     evaluations, last_report = 0, time.perf_counter()
 
