@@ -91,6 +91,7 @@ class SAMFusionParameterNode:
     view: Annotated[str, Choice(["AP", "LAT", "SI"])] = "AP"
     projection: Annotated[str, Choice(["parallel", "perspective"])] = "parallel"
     levels: Annotated[int, WithinRange(1, 6)] = 3
+    sliceStep: Annotated[int, WithinRange(1, 10)] = 1
     applyTransform: bool = True
     boxFallback: bool = True
     # Outputs: None creates new nodes on Apply; a selected node is refilled (the panel's "reuse").
@@ -403,7 +404,7 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         reuse = SceneOutputs(p.outCtSegmentation, p.outXraySegmentation, p.outProjection, p.outTransform, p.outGridTransform, p.outFused)
         nodes = SceneInputs(p.ct, p.xray, p.ctPoints, p.ctNegativePoints, p.ctRoi, p.xrayPoints, p.xrayNegativePoints, p.xrayRoi)
         options = PipelineOptions(view=p.view, projection=p.projection, fusion_levels=p.levels, registration=RegistrationOptions(transform=p.transform),
-                                  box_fallback=p.boxFallback)
+                                  box_fallback=p.boxFallback, slice_step=p.sliceStep)
         outputs, result = run_on_scene(
             slicer.mrmlScene, nodes, self.segmenter(p.model, p.device), options, progress, cancelled,
             apply_transform=p.applyTransform, reuse=reuse,

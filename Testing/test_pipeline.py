@@ -304,6 +304,21 @@ def test_a_new_prompt_costs_only_the_decoder(default_case, demo_model):
     assert segmenter.cache.hits > reused
 
 
+
+def test_sam_on_every_third_ct_slice_with_the_default_model(default_case, default_model):
+    """``slice_step=3``: the encoder runs on about half as many images (measured 16 against 32),
+    the other CT slices are interpolated, and the result barely moves (CT Dice against the truth
+    0.987 against 0.998, TRE 0.76 against 0.78 mm, on SAM's masks)."""
+    from SAMFusionLib.pipeline import PipelineOptions
+
+    result = run_pipeline(Segmenter(default_model), default_case.inputs, PipelineOptions(slice_step=3))
+    ct = result.report["ct"]
+    assert ct["slices_interpolated"] >= 10 and ct["slices_segmented"] + ct["slices_interpolated"] >= 25
+    assert result.report["images_encoded"] <= 20
+    assert dice(result.ct_mask_kji, default_case.ct_target_mask) > 0.98
+    assert result.registration.passed and result.registration.report["reference"] == "SAM masks"
+    assert tre_mm(default_case, result.registration.sitk_transform) < 1.0
+
 # --- samfusion run ----------------------------------------------------------------------------------
 
 def test_run_without_arguments_writes_the_default_case(tmp_path, capsys, monkeypatch):
@@ -397,6 +412,7 @@ def test_run_on_files_falls_back_on_the_boxes_unless_told_not_to(tmp_path, abdom
 @pytest.mark.parametrize("args, message", [
     (["--ct", "missing.nrrd"], "give both --ct and --xray"),
     (["--prompts", "a.mrk.json"], "--prompts needs --ct and --xray"),
+    (["--slice-step", "0"], "the slice step must be a whole number of slices, at least 1, got 0"),
 ])
 def test_run_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "out"

@@ -153,3 +153,64 @@ def test_cancel_stops_with_an_error(tiny_model):
     prompts = VolumePrompts(roi_corners_ras=roi_corners_ras([10, 10, 8], [8, 8, 8]))
     with pytest.raises(SamFusionError, match="cancelled"):
         segment_volume(Segmenter(tiny_model), volume, GEOMETRY, prompts, propagate=False, cancelled=lambda: True)
+
+
+def ball_mask_kji() -> np.ndarray:
+    """The ball of ``sphere_volume`` on its (k, j, i) grid."""
+    k, j, i = np.mgrid[: SHAPE_KJI[0], : SHAPE_KJI[1], : SHAPE_KJI[2]]
+    return (i - CENTER_IJK[0]) ** 2 + (j - CENTER_IJK[1]) ** 2 + (k - CENTER_IJK[2]) ** 2 <= RADIUS_VOX**2
+
+
+def segment_ball_with_steps(model, tmp_path, slice_axis: int, steps=(1, 3)) -> dict:
+    """{step: (VolumeSegmentation, encoder runs)} of the ball from its centre point, a fresh Segmenter each."""
+    volume, geometry, center_ras = sphere_volume(DIRECTIONS["oblique"], tmp_path)
+    prompts = VolumePrompts(points_ras=center_ras[None], labels=np.array([1]))
+    results = {}
+    for step in steps:
+        segmenter = Segmenter(model)
+        result = segment_volume(segmenter, volume, geometry, prompts, slice_axis=slice_axis, window="auto", slice_step=step)
+        results[step] = (result, segmenter.images_encoded)
+    return results
+
+
+def test_a_slice_step_runs_sam_on_fewer_slices_and_fills_the_rest(demo_model, tmp_path):
+    """Every third slice across the ball (13 slices along j): measured 9 encoder runs against 13,
+    Dice to the ball 0.849 against 0.847."""
+    from SAMFusionLib.imaging.metrics import dice
+
+    results = segment_ball_with_steps(demo_model, tmp_path, slice_axis=1)
+    (every, encoded_every), (stepped, encoded_stepped) = results[1], results[3]
+    assert encoded_stepped <= encoded_every - 4
+    assert stepped.interpolated and not set(stepped.interpolated) & set(stepped.slice_scores)
+    # The filled slices lie between SAM's, and the target's ends are those found without a step.
+    assert sorted(set(stepped.slice_scores) | set(stepped.interpolated)) == sorted(every.slice_scores)
+    for index in stepped.interpolated:
+        assert stepped.mask_kji[:, index, :].any()
+    ball = ball_mask_kji()
+    assert dice(stepped.mask_kji.astype(bool), ball) >= dice(every.mask_kji.astype(bool), ball) - 0.02
+
+
+def test_a_jump_past_the_targets_end_is_retried_slice_by_slice(demo_model, tmp_path):
+    """Along k (2 mm slices) the ball's last slice is a small cap; a jump of two slices skipped it and
+    landed on a leak into the noise that grew slowly enough to pass the growth limit (it ran through
+    all 24 slices, Dice 0.47). SAM's falling score (0.85 -> 0.45) sends it back to single steps."""
+    from SAMFusionLib.imaging.metrics import dice
+
+    results = segment_ball_with_steps(demo_model, tmp_path, slice_axis=2, steps=(1, 2))
+    (every, _), (stepped, _) = results[1], results[2]
+    assert sorted(set(stepped.slice_scores) | set(stepped.interpolated)) == sorted(every.slice_scores)
+    assert dice(stepped.mask_kji.astype(bool), ball_mask_kji()) > 0.88
+
+
+@pytest.mark.parametrize("step, propagate, message", [
+    (0, True, "at least 1, got 0"),
+    (-2, True, "at least 1, got -2"),
+    (1.5, True, "whole number of slices, at least 1, got 1.5"),
+    (True, True, "whole number of slices, at least 1, got True"),
+    (2, False, "needs propagation"),
+])
+def test_bad_slice_steps_are_refused(tiny_model, step, propagate, message):
+    volume = np.random.default_rng(0).random((10, 20, 30))
+    prompts = VolumePrompts(roi_corners_ras=roi_corners_ras([10, 10, 8], [8, 8, 8]))
+    with pytest.raises(SamFusionError, match=message):
+        segment_volume(Segmenter(tiny_model), volume, GEOMETRY, prompts, propagate=propagate, slice_step=step)

@@ -124,6 +124,9 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source-distance", type=float, default=1000.0, help="perspective: source to the CT's centre (mm)")
     parser.add_argument("--detector-distance", type=float, default=1500.0, help="perspective: source to the detector (mm)")
     parser.add_argument("--levels", type=int, default=3, help="fusion pyramid levels (default 3)")
+    parser.add_argument("--slice-step", type=int, default=1, metavar="N",
+                        help="run SAM on every Nth CT slice and interpolate the others (default 1: every slice); "
+                             "about N times fewer encoder runs, for first runs on a CPU")
     parser.add_argument("--no-box-fallback", action="store_true",
                         help="report a registration on SAM's masks that fails as failed, without retrying on the prompt boxes")
 
@@ -132,9 +135,11 @@ def pipeline_options(args):
     """The ``PipelineOptions`` of ``add_pipeline_options``' arguments."""
     from SAMFusionLib.pipeline import PipelineOptions
     from SAMFusionLib.registration.register import RegistrationOptions
+    from SAMFusionLib.sam.volume import check_slice_step
 
+    check_slice_step(args.slice_step)  # before the model loads: a bad value fails at once
     return PipelineOptions(view=args.view, projection=args.projection, source_to_centre_mm=args.source_distance,
-                           source_to_detector_mm=args.detector_distance, fusion_levels=args.levels,
+                           source_to_detector_mm=args.detector_distance, fusion_levels=args.levels, slice_step=args.slice_step,
                            registration=RegistrationOptions(transform=args.transform), box_fallback=not args.no_box_fallback)
 
 

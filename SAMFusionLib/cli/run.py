@@ -45,6 +45,7 @@ def cmd_run(args) -> int:
         raise SamFusionError("give both --ct and --xray, or neither (the embedded default case)")
     if args.ct is None and args.prompts:
         raise SamFusionError("--prompts needs --ct and --xray")
+    options = pipeline_options(args)
 
     slicer_core = mrml.headless_scene()
     if args.ct is None:
@@ -52,7 +53,6 @@ def cmd_run(args) -> int:
     else:
         nodes, case = load_file_case(slicer_core.scene, args.ct, args.xray, args.prompts or []), None
     model = load_model_from_args(args)
-    options = pipeline_options(args)
     progress = _progress_bar()
     try:
         segmenter = segmenter_from_args(args, model)

@@ -73,6 +73,7 @@ class SamFusionWebApp:
             "sf_models": list(table.models), "sf_model": model_id or table.default,
             "sf_transforms": ["rigid", "similarity", "affine", "nonrigid"], "sf_transform": "nonrigid",
             "sf_views": ["AP", "LAT", "SI"], "sf_view": "AP", "sf_projections": ["parallel", "perspective"], "sf_projection": "parallel",
+            "sf_slice_steps": [1, 2, 3, 4], "sf_slice_step": 1,
             "sf_case": "", "sf_message": "", "sf_running": False, "sf_progress": 0, "sf_step": "", "sf_verdict": "", "sf_passed": None,
             "sf_report": [], "sf_report_png": "", "sf_has_result": False, "sf_scene": self._scene_summary(),
             "sf_data_ct": uploads.data_choices(self.data_dir, uploads.CT_SUFFIXES), "sf_data_xray": uploads.data_choices(self.data_dir, uploads.XRAY_SUFFIXES),
@@ -213,7 +214,7 @@ class SamFusionWebApp:
             if self.nodes is None:
                 raise SamFusionError("load a case first: the default case, or a CT and an X-ray")
             inputs = read_inputs(self.nodes)  # the scene is read here, on its own thread
-            options = PipelineOptions(view=self.state.sf_view, projection=self.state.sf_projection,
+            options = PipelineOptions(view=self.state.sf_view, projection=self.state.sf_projection, slice_step=int(self.state.sf_slice_step),
                                       registration=RegistrationOptions(transform=self.state.sf_transform))
             self.stop_placing()
             self._cancel, self._progress = False, ("loading the model", 0.0)

@@ -50,6 +50,8 @@ def build_page(app):
                 v.VSelect(label="Transform", items=("sf_transforms",), v_model=("sf_transform",), density="compact", disabled=("sf_running",))
                 v.VSelect(label="Projection view", items=("sf_views",), v_model=("sf_view",), density="compact", disabled=("sf_running",))
                 v.VSelect(label="Projection", items=("sf_projections",), v_model=("sf_projection",), density="compact", disabled=("sf_running",))
+                v.VSelect(label="SAM on every Nth CT slice", items=("sf_slice_steps",), v_model=("sf_slice_step",), density="compact",
+                          id="sf-slice-step", disabled=("sf_running",))
                 with html.Div(classes="d-flex ga-2 mt-2"):
                     v.VBtn("Run", id="sf-run", color="primary", click=app.run, disabled=("sf_running",))
                     v.VBtn("Cancel", id="sf-cancel", click=app.cancel, v_show="sf_running")
