@@ -13,7 +13,7 @@ import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,14 @@ class LoadedModel:
     @property
     def img_size(self) -> int:
         return int(self.sam.image_encoder.img_size)
+
+    @cached_property
+    def inference_encoder(self):
+        """The image encoder the engine runs: ``sam.image_encoder`` with its batch norms folded
+        (``encoder_fold``), built once; the encoder itself where there is nothing to fold."""
+        from SAMFusionLib.sam.encoder_fold import fold_batch_norms
+
+        return fold_batch_norms(self.sam.image_encoder)[0]
 
 
 def from_module(sam, model_id: str = "in-memory", architecture: str = "custom", device: str = "cpu") -> LoadedModel:

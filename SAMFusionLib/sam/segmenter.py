@@ -160,8 +160,11 @@ class Segmenter:
         self.precision = encoder_precision(model, precision)
         self.predictor = sam_predictor(model.sam)
         self.cache = cache if cache is not None else EmbeddingCache()
-        # Embeddings of another precision are other numbers: they never share a cache entry.
+        # Embeddings of another precision, or of the encoder with its batch norms folded (``encoder_fold``;
+        # equal within rounding), are other numbers: they never share a cache entry.
         self.cache_id = model.fingerprint if self.precision == "fp32" else f"{model.fingerprint}+{self.precision}"
+        if model.inference_encoder is not model.sam.image_encoder:
+            self.cache_id += "+bn-folded"
         self.current_key: str | None = None
         self.images_encoded = 0  # encoder runs so far, one per image (the cache's misses that were encoded)
 
@@ -188,7 +191,7 @@ class Segmenter:
         batch = torch.cat(tensors, dim=0)
         self.images_encoded += len(tensors)
         with torch.inference_mode(), self._autocast():
-            features = self.model.sam.image_encoder(self.model.sam.preprocess(batch))
+            features = self.model.inference_encoder(self.model.sam.preprocess(batch))
         return [f[None].float() for f in features]
 
     def _activate(self, key: str, embedding: Embedding) -> None:
