@@ -158,8 +158,11 @@ def coco_from_state(state: dict) -> dict:
     return {"images": images, "annotations": annotations, "categories": [{"id": i, "name": n} for n, i in category_ids.items()]}
 
 
-def annotate_volume(volume_path: Path, markups_paths: list[Path], out: Path, segmenter, zoom: str = "auto") -> list[Path]:
-    """Segment a volume from markups files (one target each) into ``.seg.nrrd`` + a label map."""
+def annotate_volume(volume_path: Path, markups_paths: list[Path], out: Path, segmenter, zoom: str = "auto", slice_step: int = 1) -> list[Path]:
+    """Segment a volume from markups files (one target each) into ``.seg.nrrd`` + a label map.
+
+    ``slice_step``: SAM on every Nth slice of each target, the others interpolated (``volume.segment_volume``).
+    """
     import tempfile
 
     from SAMFusionLib.imaging.io import read_volume, sitk_image
@@ -178,7 +181,7 @@ def annotate_volume(volume_path: Path, markups_paths: list[Path], out: Path, seg
         else:
             points, labels = mrml.point_prompts(node)
             prompts = VolumePrompts(points, labels)
-        result = segment_volume(segmenter, hu, geometry, prompts, zoom=zoom)
+        result = segment_volume(segmenter, hu, geometry, prompts, zoom=zoom, slice_step=slice_step)
         if not result.mask_kji.any():
             raise SamFusionError(f"{Path(path).name}: SAM found nothing at these prompts")
         masks.append(result.mask_kji.astype(bool))

@@ -104,6 +104,8 @@ def cmd_evaluate(args) -> int:
 def cmd_annotate(args) -> int:
     from SAMFusionLib.annotation.annotate import annotate_folder, annotate_volume
     from SAMFusionLib.sam.segmenter import disk_cached_segmenter
+    from SAMFusionLib.sam.volume import check_slice_step
+
     out = Path(args.out)  # checked, and locked, by holding_out_folder
     source = Path(args.input)
     if not source.exists():
@@ -111,6 +113,8 @@ def cmd_annotate(args) -> int:
     if source.is_dir():
         if getattr(args, "markups", None):
             raise SamFusionError("--markups prompts a volume; for a folder of images use --yolo, --coco or --points-csv")
+        if args.slice_step != 1:
+            raise SamFusionError("--slice-step applies to a volume's slices; a folder holds 2D images")
         reader = label_reader(args)
         if args.workers is None and args.scheduler is None:
             summary = annotate_folder(source, reader, out, disk_cached_segmenter(load_model_from_args(args)), args.mask_format, args.zoom)
@@ -126,7 +130,8 @@ def cmd_annotate(args) -> int:
         return EXIT_SOME_FILES_FAILED if summary.failures else 0
     if not getattr(args, "markups", None):
         raise SamFusionError("a volume is prompted with --markups FILE.mrk.json ...")
-    paths = annotate_volume(source, args.markups, out, disk_cached_segmenter(load_model_from_args(args)), args.zoom)
+    check_slice_step(args.slice_step)
+    paths = annotate_volume(source, args.markups, out, disk_cached_segmenter(load_model_from_args(args)), args.zoom, args.slice_step)
     print("samfusion annotate: wrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -136,6 +141,8 @@ def add_parsers(commands) -> None:
     an.add_argument("input", type=Path, help="a folder of 2D images, or a volume file")
     add_label_options(an, markups=True)
     an.add_argument("--mask-format", choices=["png", "nrrd", "nii"], default="png", help="label maps: 0 background, n = n-th target")
+    an.add_argument("--slice-step", type=int, default=1, metavar="N",
+                    help="a volume: run SAM on every Nth slice of each target and interpolate the others (default 1: every slice)")
     an.add_argument("--zoom", choices=["auto", "on", "off"], default="auto")
     an.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     add_model_options(an)
