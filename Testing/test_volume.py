@@ -54,12 +54,14 @@ def test_a_physical_prompt_lands_on_its_exact_pixel_and_slice(tmp_path, name):
         np.testing.assert_allclose(plan.seeds[expected_slice][0], [expected_xy], atol=1e-6)
 
 
-def test_the_same_case_gives_the_same_mask_in_every_orientation(demo_model, tmp_path):
+@pytest.mark.parametrize("slice_step", [1, 2])
+def test_the_same_case_gives_the_same_mask_in_every_orientation(demo_model, tmp_path, slice_step):
     masks = []
     for name in DIRECTIONS:
         volume, geometry, center_ras = sphere_volume(DIRECTIONS[name], tmp_path)
         prompts = VolumePrompts(points_ras=center_ras[None], labels=np.array([1]))
-        result = segment_volume(Segmenter(demo_model), volume, geometry, prompts, window="auto")
+        result = segment_volume(Segmenter(demo_model), volume, geometry, prompts, window="auto", slice_step=slice_step)
+        assert bool(result.interpolated) == (slice_step > 1)
         assert result.mask_kji.any()
         masks.append(result.mask_kji)
     for other in masks[1:]:
