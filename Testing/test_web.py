@@ -199,6 +199,24 @@ def choose_model(page, model_id: str, title: str) -> None:
     page.wait_for_function("(title) => document.querySelector('#sf-model-title').textContent.includes(title)", arg=title, timeout=30000)
 
 
+def test_the_slice_step_chosen_on_the_page_reaches_the_pipeline(page):
+    """Choose "SAM on every Nth CT slice" = 3 in the page's select; the run's figures then count the
+    interpolated slices (0 at the default, 1)."""
+    page.click("#sf-load-default")
+    page.wait_for_function("document.querySelector('#sf-scene').innerText.includes('2 volumes, 0 segmentations')", timeout=60000)
+    page.locator(".v-field", has=page.locator("#sf-slice-step")).click()  # the select's field opens its menu
+    page.locator(".v-overlay .v-list-item", has_text="3").first.click()
+    wait_for_state(page, "sf_slice_step", 3, 30)
+    page.click("#sf-run")
+    page.wait_for_selector("#sf-verdict:visible", timeout=300000)
+    rows = dict(line.split("\t") for line in page.inner_text("#sf-report").splitlines())
+    segmented, interpolated = (int(n) for n in rows["CT slices: SAM / interpolated"].split(" / "))
+    assert interpolated >= 10 and segmented + interpolated >= 25
+    # Back to every slice for the tests that follow on the same server.
+    page.evaluate("() => window.trame.state.set('sf_slice_step', 1)")
+    wait_for_state(page, "sf_slice_step", 1, 30)
+
+
 def test_cancel_during_a_run_leaves_the_scene_as_it_was(page):
     """With the default model (LiteMedSAM, about a second per CT slice) the run is long enough to
     cancel while it segments; the progress bar shows meanwhile."""

@@ -378,6 +378,7 @@ def report_rows(report: dict) -> list[dict]:
             rows.append({"name": ROW_NAMES.get(key, key), "value": text})
     rows.append({"name": "CT mask voxels", "value": str(report["ct"]["mask_voxels"])})
     rows.append({"name": "X-ray mask pixels", "value": str(report["xray"]["mask_pixels"])})
+    rows.append({"name": "CT slices: SAM / interpolated", "value": f"{report['ct']['slices_segmented']} / {report['ct']['slices_interpolated']}"})
     rows.append({"name": "pipeline seconds", "value": f"{report['total_s']:.1f}"})
     rows.append({"name": "model", "value": report["model"]["id"]})
     return rows
