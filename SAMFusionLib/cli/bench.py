@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from SAMFusionLib.cli.common import add_model_options
+from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.sam.models import load_model
 
 
@@ -16,10 +17,18 @@ def cmd_bench(args) -> int:
         figures = figure_table(models, args.precision or "auto")  # what users get: the engine's default precision
         print(json.dumps(figures) if args.json else format_figures(figures))
         return 0
+    if args.what == "slice-step":
+        from SAMFusionLib.bench.slice_step import format_table, run_benchmark
+
+        steps = _whole_numbers(args.steps, "--steps")
+        figures = run_benchmark(load_model(args.model, args.checkpoint, args.arch, args.device), 8 if args.cases is None else args.cases, steps)
+        print(json.dumps(figures) if args.json else format_table(figures))
+        return 0
     if args.what == "register":
         from SAMFusionLib.bench.register import format_table, make_cases, run_benchmark
         from SAMFusionLib.bench.register_scale import cold_figures, format_sweep, size_sweep
 
+        args.cases = 20 if args.cases is None else args.cases
         figures = run_benchmark(args.cases)
         cases = make_cases(args.cases)
         if args.cold:
@@ -61,6 +70,14 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _whole_numbers(text: str, option: str) -> list[int]:
+    """"1,2,3" -> [1, 2, 3], or a one-line error naming ``option``."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise SamFusionError(f"{option} takes whole numbers separated by commas, got {text!r}") from None
+
+
 # The model-table rows that the model benchmarks compare when no model is named.
 LOCAL_MODELS = ("samfusion-demo", "lite_medsam", "samfusion-lite")
 
@@ -78,8 +95,9 @@ def _models(args) -> list[tuple[str | None, object]]:
 
 def add_parser(commands) -> None:
     bench = commands.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=["segment", "fuse", "register", "demo-model", "batch"])
-    bench.add_argument("--cases", type=int, default=20, help="register: number of cases")
+    bench.add_argument("what", choices=["segment", "fuse", "register", "demo-model", "batch", "slice-step"])
+    bench.add_argument("--cases", type=int, help="register: number of cases (default 20); slice-step: phantom cases (default 8)")
+    bench.add_argument("--steps", default="1,2,3,4", help="slice-step: the slice steps to compare, 1 included (default 1,2,3,4)")
     bench.add_argument("--no-cold", dest="cold", action="store_false", help="register: skip the cold column (a fresh process per case)")
     bench.add_argument("--sweep-cases", type=int, default=5, help="register: cases in the 400/1000/2000 px size sweep (0: none)")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
