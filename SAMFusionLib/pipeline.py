@@ -39,7 +39,7 @@ from SAMFusionLib.registration.radiograph import Radiograph, perspective_for, pr
 from SAMFusionLib.registration.register import RegistrationOptions, RegistrationResult, register_2d
 from SAMFusionLib.registration.transforms2d import STAGES
 from SAMFusionLib.sam.segmenter import Segmenter
-from SAMFusionLib.sam.volume import VolumePrompts, check_slice_step, segment_volume
+from SAMFusionLib.sam.volume import VolumePrompts, segment_volume
 from SAMFusionLib.sam.zoom import predict_zoomed
 
 REPORT_EVERY_S = 0.05  # progress reports inside the registration (0.3 s on the default case), at most this often
@@ -155,7 +155,6 @@ def run_pipeline(
     check_inputs(inputs)
     if options.projection not in ("parallel", "perspective"):
         raise SamFusionError(f"unknown projection {options.projection!r}: use parallel or perspective")
-    check_slice_step(options.slice_step)
     timings: dict[str, float] = {}
     is_3d = inputs.ct_kji.shape[0] > 1
 

@@ -16,6 +16,14 @@ norms, so its state dict, training and checkpoints are unchanged.
 from __future__ import annotations
 
 
+def batch_norm_pairs(module) -> list:
+    """The submodules of ``module`` that are a convolution ``c`` followed by a batch norm ``bn``."""
+    import torch
+
+    return [m for m in module.modules()
+            if isinstance(getattr(m, "c", None), torch.nn.Conv2d) and isinstance(getattr(m, "bn", None), torch.nn.BatchNorm2d)]
+
+
 def fold_batch_norms(encoder):
     """(a folded deep copy of ``encoder`` in eval mode, the number of pairs folded); with none to
     fold, (``encoder`` itself, 0)."""
@@ -24,14 +32,10 @@ def fold_batch_norms(encoder):
     import torch
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    def pairs(module):
-        return [m for m in module.modules()
-                if isinstance(getattr(m, "c", None), torch.nn.Conv2d) and isinstance(getattr(m, "bn", None), torch.nn.BatchNorm2d)]
-
-    if not pairs(encoder):
+    if not batch_norm_pairs(encoder):
         return encoder, 0
     folded = copy.deepcopy(encoder).eval()
-    found = pairs(folded)
+    found = batch_norm_pairs(folded)
     for pair in found:
         pair.c = fuse_conv_bn_eval(pair.c, pair.bn)
         pair.bn = torch.nn.Identity()

@@ -181,7 +181,8 @@ class LoadedModel:
     @cached_property
     def inference_encoder(self):
         """The image encoder the engine runs: ``sam.image_encoder`` with its batch norms folded
-        (``encoder_fold``), built once; the encoder itself where there is nothing to fold."""
+        (``encoder_fold``), built at the first encode (40 ms; a run whose embeddings are all cached
+        never builds it); the encoder itself where there is nothing to fold."""
         from SAMFusionLib.sam.encoder_fold import fold_batch_norms
 
         return fold_batch_norms(self.sam.image_encoder)[0]

@@ -19,6 +19,7 @@ import numpy as np
 from SAMFusionLib.errors import Cancelled, SamFusionError
 from SAMFusionLib.imaging.geometry import check_pixel_inside, clip_box
 from SAMFusionLib.sam.embedding_cache import Embedding, EmbeddingCache, image_key
+from SAMFusionLib.sam.encoder_fold import batch_norm_pairs
 from SAMFusionLib.sam.models import LoadedModel
 
 
@@ -163,7 +164,7 @@ class Segmenter:
         # Embeddings of another precision, or of the encoder with its batch norms folded (``encoder_fold``;
         # equal within rounding), are other numbers: they never share a cache entry.
         self.cache_id = model.fingerprint if self.precision == "fp32" else f"{model.fingerprint}+{self.precision}"
-        if model.inference_encoder is not model.sam.image_encoder:
+        if batch_norm_pairs(model.sam.image_encoder):  # what ``model.inference_encoder`` folds, without building it
             self.cache_id += "+bn-folded"
         self.current_key: str | None = None
         self.images_encoded = 0  # encoder runs so far, one per image (the cache's misses that were encoded)
