@@ -156,6 +156,18 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self):
         self.initializeParameterNode()
+        self._preloadModel()
+
+    def _preloadModel(self):
+        """Load the chosen model on a worker thread while the user prepares the case, so that the first
+        Apply is no slower than the next. Only a head start: Apply loads (and reports) whatever it missed."""
+        node = self._parameterNode
+        if not (node and node.model):
+            return
+        try:
+            self.logic.preload(node.model, node.device)
+        except Exception as error:  # noqa: BLE001 - e.g. a model id missing from an edited table: Apply says so
+            logging.info(f"SAMFusion: {node.model} not loaded ahead: {error}")
 
     def exit(self):
         if self._parameterNode:
@@ -173,6 +185,7 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
             self.initializeParameterNode()
+            self._preloadModel()  # the scene's close released the models
 
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
@@ -191,6 +204,7 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onModelChanged(self, text):
         if self._parameterNode and text:
             self._parameterNode.model = text
+            self._preloadModel()
 
     def _checkCanApply(self, caller=None, event=None):
         if self._running:
@@ -315,18 +329,29 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Exported {count} files to {folder}").format(count=len(paths), folder=folder)
 
 
+def _diskCachedSegmenter(model, device):
+    """Embeddings persist under the cache folder (bounded): reopening a case skips the encoder."""
+    from SAMFusionLib.sam.models import load_model
+    from SAMFusionLib.sam.segmenter import disk_cached_segmenter
+
+    return disk_cached_segmenter(load_model(model, device=device))
+
+
 class SAMFusionLogic(ScriptedLoadableModuleLogic):
     """Thin over SAMFusionLib; never touches widgets. One segmenter (and embedding cache) per model
-    and device is kept, so that re-running with one new prompt costs only the decoder."""
+    and device is kept, so that re-running with one new prompt costs only the decoder; the chosen
+    one is loaded ahead of the first Apply (``preload``)."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self._segmenters = {}
         # Weights and embeddings live in Slicer's own cache folder (Application settings > Cache),
         # unless the user pointed SAMFUSION_CACHE_DIR elsewhere.
         import os
 
         os.environ.setdefault("SAMFUSION_CACHE_DIR", str(Path(slicer.app.cachePath) / "SAMFusion"))
+        from SAMFusionLib.sam.preload import SegmenterLoader  # the standard library only: no torch here
+
+        self._loader = SegmenterLoader(_diskCachedSegmenter)
 
     def getParameterNode(self):
         return SAMFusionParameterNode(super().getParameterNode())
@@ -369,9 +394,18 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
                 slicer.util.pip_install(requirements.pip_arguments(needed, constraintsFile))
         return True
 
+    def preload(self, model, device):
+        """Start loading ``model`` on a worker thread (``SAMFusionLib.sam.preload``) when its packages and
+        weights are already here: installing and downloading stay the user's choice, made at Apply."""
+        from SAMFusionLib.scene import requirements
+
+        if requirements.missing(requirements.read_requirements(REQUIREMENTS_FILE)) or requirements.torch_status() is not None:
+            return None
+        return self._loader.preload(model, device)
+
     def releaseModels(self):
         """Drop the loaded models and their embedding caches (scene close, module cleanup)."""
-        self._segmenters.clear()
+        self._loader.clear()
         try:
             import torch
 
@@ -381,14 +415,8 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
             pass
 
     def segmenter(self, model, device):
-        from SAMFusionLib.sam.models import load_model
-        from SAMFusionLib.sam.segmenter import disk_cached_segmenter
-
-        key = (model, device)
-        if key not in self._segmenters:
-            # Embeddings persist under the cache folder (bounded): reopening a case skips the encoder.
-            self._segmenters[key] = disk_cached_segmenter(load_model(model, device=device))
-        return self._segmenters[key]
+        """The model's segmenter: the preload's, waited for if it is still loading, else loaded now."""
+        return self._loader.get(model, device)
 
     def process(self, parameterNode, progress=None, cancelled=None):
         """Run the pipeline on the parameter node's nodes; returns the report (a dict).

@@ -119,6 +119,8 @@ def settle(page, seconds: float = 2.0) -> None:
 def test_the_default_case_runs_in_the_browser_and_its_scene_downloads(page, tmp_path):
     from SAMFusionLib.scene import mrml
 
+    # The server loaded the chosen model on a worker thread as it started, before any Run (``sam.preload``).
+    page.wait_for_function("document.querySelector('#sf-model-status').textContent.includes('Model: loaded')", timeout=60000)
     page.click("#sf-load-default")
     page.wait_for_function("document.querySelector('#sf-case').innerText.includes('embedded default case')", timeout=60000)
     settle(page)
@@ -224,6 +226,8 @@ def test_cancel_during_a_run_leaves_the_scene_as_it_was(page):
     page.wait_for_function("document.querySelector('#sf-scene').innerText.includes('2 volumes, 0 segmentations')", timeout=60000)
     before = page.inner_text("#sf-scene")
     choose_model(page, "samfusion-lite", "LiteMedSAM with prompt encoder")
+    # Choosing a model starts its load in the background; the page's model line says when it is done.
+    page.wait_for_function("document.querySelector('#sf-model-status').textContent.includes('Model: loaded')", timeout=120000)
     page.click("#sf-run")
     page.wait_for_selector("#sf-progress:visible", timeout=60000)
     wait_for_state(page, "sf_step", "segment CT", 120)

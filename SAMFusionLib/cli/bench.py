@@ -24,6 +24,13 @@ def cmd_bench(args) -> int:
         figures = run_benchmark(load_model(args.model, args.checkpoint, args.arch, args.device), 8 if args.cases is None else args.cases, steps)
         print(json.dumps(figures) if args.json else format_table(figures))
         return 0
+    if args.what == "first-apply":
+        from SAMFusionLib.bench.first_apply import format_table, run_benchmark
+        from SAMFusionLib.sam.models import load_table
+
+        figures = run_benchmark(args.model or load_table().default, args.think_s, args.sessions)
+        print(json.dumps(figures) if args.json else format_table(figures))
+        return 0
     if args.what == "register":
         from SAMFusionLib.bench.register import format_table, make_cases, run_benchmark
         from SAMFusionLib.bench.register_scale import cold_figures, format_sweep, size_sweep
@@ -95,11 +102,14 @@ def _models(args) -> list[tuple[str | None, object]]:
 
 def add_parser(commands) -> None:
     bench = commands.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=["segment", "fuse", "register", "demo-model", "batch", "slice-step"])
+    bench.add_argument("what", choices=["segment", "fuse", "register", "demo-model", "batch", "slice-step", "first-apply"])
     bench.add_argument("--cases", type=int, help="register: number of cases (default 20); slice-step: phantom cases (default 8)")
     bench.add_argument("--steps", default="1,2,3,4", help="slice-step: the slice steps to compare, 1 included (default 1,2,3,4)")
     bench.add_argument("--no-cold", dest="cold", action="store_false", help="register: skip the cold column (a fresh process per case)")
     bench.add_argument("--sweep-cases", type=int, default=5, help="register: cases in the 400/1000/2000 px size sweep (0: none)")
+    bench.add_argument("--think-s", type=float, default=5.0,
+                       help="first-apply: seconds from the front end's opening to the first Apply (loading the case, placing prompts; default 5)")
+    bench.add_argument("--sessions", type=int, default=2, help="first-apply: fresh-process sessions of each kind (default 2)")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.add_argument("--images", type=int, default=24, help="batch: shared kidney-stone images to annotate (default 24)")
     bench.add_argument("--workers", type=int, default=2, help="batch: local Dask worker processes against serial (default 2)")

@@ -281,6 +281,20 @@ def _entry_path(entry: ModelEntry, show_progress: bool, progress: Callable | Non
     return ensure_cached(entry.id, entry.url, entry.filename or f"{entry.id}.pth", entry.sha256, show_progress, progress, cancelled)
 
 
+def weights_on_disk(model_id: str, table: ModelTable | None = None) -> bool:
+    """Whether loading table model ``model_id`` needs no download: its weights (and its base's) ship
+    with SAMFusion or its packages, lie at a given path, or are in the cache. Checks presence only,
+    and imports nothing heavy; the load itself verifies the SHA256."""
+    table = table or load_table()
+    entry = table.entry(model_id)
+    base_id = entry.extra.get("base")
+    if base_id is not None and not weights_on_disk(base_id, table):
+        return False
+    if entry.extra.get("package_file") or entry.embedded or entry.extra.get("path"):
+        return True
+    return (weights_dir() / (entry.filename or f"{entry.id}.pth")).is_file()
+
+
 def fetch_weights(model_id: str, table: ModelTable | None = None, show_progress: bool = True,
                   progress: Callable | None = None, cancelled: Callable | None = None) -> Path:
     """The verified weights file of a table model, downloading it when needed; builds no model.

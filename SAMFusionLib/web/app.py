@@ -64,7 +64,12 @@ class SamFusionWebApp:
         self.case = None  # the default case's truth, when it is loaded
         self.output_nodes: list = []
         self.zip_bytes: bytes | None = None
-        self.models: dict = {}
+        from SAMFusionLib.sam.preload import SegmenterLoader, memory_segmenter
+
+        # The chosen model loads on a worker thread while the user prepares the case (``sam.preload``).
+        self.loader = SegmenterLoader(memory_segmenter)
+        self._model_load = None  # (model id, its preload's future or None)
+        self._loop = None  # the server's event loop, once it runs: the preload's end is shown from there
         self._cancel = False
         self._progress = ("", 0.0)
         self._task = None
@@ -77,11 +82,12 @@ class SamFusionWebApp:
             "sf_case": "", "sf_message": "", "sf_running": False, "sf_progress": 0, "sf_step": "", "sf_verdict": "", "sf_passed": None,
             "sf_report": [], "sf_report_png": "", "sf_has_result": False, "sf_scene": self._scene_summary(),
             "sf_data_ct": uploads.data_choices(self.data_dir, uploads.CT_SUFFIXES), "sf_data_xray": uploads.data_choices(self.data_dir, uploads.XRAY_SUFFIXES),
-            "sf_data_ct_pick": None, "sf_data_xray_pick": None, "sf_has_data": self.data_dir is not None,
+            "sf_data_ct_pick": None, "sf_data_xray_pick": None, "sf_has_data": self.data_dir is not None, "sf_model_status": "",
         })
         self._model_titles = {model: entry.title for model, entry in table.models.items()}
         # The server's answer to a model choice: the page shows what the next Run will use.
         self.state.change("sf_model")(self._on_model_chosen)
+        self.ctrl.on_server_ready.add(self._on_server_ready)
         self._on_model_chosen(self.state.sf_model)
         from SAMFusionLib.web.page import build_page
 
@@ -89,6 +95,37 @@ class SamFusionWebApp:
 
     def _on_model_chosen(self, sf_model, **_) -> None:
         self.state.sf_model_title = self._model_titles.get(sf_model, "")
+        future = self.loader.preload(sf_model)
+        self._model_load = (sf_model, future)
+        if future is not None:
+            future.add_done_callback(lambda _: self._from_worker(self._show_model_status))
+        self._show_model_status(flush=False)
+
+    def _on_server_ready(self, **_) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._show_model_status()  # the preload may have ended before the server was up
+
+    def _from_worker(self, call) -> None:
+        """Run ``call`` on the server's loop: the page's state is only changed from there."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(call)
+
+    def _show_model_status(self, flush: bool = True) -> None:
+        """The page's line on the chosen model: loaded, loading, or what its load said."""
+        model_id, future = self._model_load
+        if model_id != self.state.sf_model:
+            return  # another model was chosen meanwhile; its own line is shown
+        if self.loader.ready(model_id):
+            text = "loaded"
+        elif future is None:
+            text = "loads at the first run: its weights are not on this machine yet"
+        elif not future.done():
+            text = "loading in the background"
+        else:
+            text = f"its load failed ({future.exception()}); Run tries again"
+        self.state.sf_model_status = text
+        if flush:
+            self.state.flush()
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -187,14 +224,6 @@ class SamFusionWebApp:
 
     # --- the run -----------------------------------------------------------------------------
 
-    def _segmenter(self, model_id: str):
-        from SAMFusionLib.sam.models import load_model
-        from SAMFusionLib.sam.segmenter import Segmenter
-
-        if model_id not in self.models:
-            self.models[model_id] = Segmenter(load_model(model_id, show_progress=False))
-        return self.models[model_id]
-
     def cancel(self) -> None:
         self._cancel = True
 
@@ -206,7 +235,7 @@ class SamFusionWebApp:
     async def _run(self) -> None:
         from functools import partial
 
-        from SAMFusionLib.pipeline import PipelineOptions, run_pipeline
+        from SAMFusionLib.pipeline import PipelineOptions
         from SAMFusionLib.registration.register import RegistrationOptions
         from SAMFusionLib.scene.run import read_inputs
 
@@ -222,20 +251,29 @@ class SamFusionWebApp:
                 self.state.update({"sf_running": True, "sf_progress": 0, "sf_step": "loading the model", "sf_message": ""})
             loop = asyncio.get_running_loop()
             try:
-                segmenter = await loop.run_in_executor(None, self._segmenter, self.state.sf_model)
-                work = loop.run_in_executor(None, partial(run_pipeline, segmenter, inputs, options, self._on_progress, lambda: self._cancel))
+                work = loop.run_in_executor(None, partial(self._load_and_run, self.state.sf_model, inputs, options))
                 while not work.done():
                     await asyncio.sleep(0.25)
                     with self.state:
                         step, fraction = self._progress
                         self.state.sf_step, self.state.sf_progress = step, round(100 * fraction)
-                result = work.result()
+                segmenter, result = work.result()
+                self._show_model_status(flush=False)
                 self._publish(result, options, segmenter)
             except Cancelled:
                 self.state.sf_message = "cancelled: the scene is as it was"
             finally:
                 self.state.sf_running = False
         self.state.flush()
+
+    def _load_and_run(self, model_id: str, inputs, options):
+        """(segmenter, pipeline result), on one worker thread: the model's load, when it was not
+        preloaded, runs torch on the same thread as the pipeline (see ``sam.preload``: a second
+        thread that has run torch slows the first while it lives)."""
+        from SAMFusionLib.pipeline import run_pipeline
+
+        segmenter = self.loader.get(model_id)
+        return segmenter, run_pipeline(segmenter, inputs, options, self._on_progress, lambda: self._cancel)
 
     def _on_progress(self, step: str, fraction: float) -> None:
         from SAMFusionLib.pipeline import STEPS
