@@ -114,6 +114,8 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._cancelRequested = False
         self._download = None
         self._downloadTimer = None
+        self._preload = None  # (model id, its load's future) while a preload is shown
+        self._preloadTimer = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -151,6 +153,8 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._downloadTimer.stop()
             self._download.cancel()
             self._download = None
+        if self._preloadTimer is not None:
+            self._preloadTimer.stop()
         if self.logic is not None:
             self.logic.releaseModels()
 
@@ -161,13 +165,41 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _preloadModel(self):
         """Load the chosen model on a worker thread while the user prepares the case, so that the first
         Apply is no slower than the next. Only a head start: Apply loads (and reports) whatever it missed."""
+        import qt
+
         node = self._parameterNode
         if not (node and node.model):
             return
         try:
-            self.logic.preload(node.model, node.device)
+            future = self.logic.preload(node.model, node.device)
         except Exception as error:  # noqa: BLE001 - e.g. a model id missing from an edited table: Apply says so
             logging.info(f"SAMFusion: {node.model} not loaded ahead: {error}")
+            return
+        if future is None or future.done():
+            return
+        # As for a download: the load runs on a worker thread and a timer here shows when it is done
+        # (the timer's calls also give that thread its turns at Python while the GUI is idle).
+        self._preload = (node.model, future)
+        if self._preloadTimer is None:
+            self._preloadTimer = qt.QTimer()
+            self._preloadTimer.setInterval(200)
+            self._preloadTimer.connect("timeout()", self._pollPreload)
+        self._preloadTimer.start()
+        if not self._running and self._download is None:
+            self.ui.statusLabel.text = _("Loading {model} in the background...").format(model=node.model)
+
+    def _pollPreload(self):
+        model, future = self._preload
+        if not future.done():
+            return
+        self._preloadTimer.stop()
+        if self._running or self._download is not None:
+            return  # the status line shows the run or the download
+        error = future.exception()
+        if error is None:
+            self.ui.statusLabel.text = _("{model} loaded").format(model=model)
+        else:
+            self.ui.statusLabel.text = _("{model} could not be loaded ahead ({error}); Apply tries again").format(model=model, error=error)
 
     def exit(self):
         if self._parameterNode:
@@ -492,6 +524,8 @@ class SAMFusionTest(ScriptedLoadableModuleTest):
         self.test_end_to_end()
         self.setUp()
         self.test_bad_input_leaves_the_scene_as_it_was()
+        self.setUp()
+        self.test_apply_takes_the_preloaded_model()
 
     def _case(self):
         from SAMFusionLib.cases.demo_case import make_demo_case
@@ -544,3 +578,13 @@ class SAMFusionTest(ScriptedLoadableModuleTest):
         with self.assertRaises(SamFusionError):
             SAMFusionLogic().process(parameterNode)
         self.assertEqual(mrml.node_ids(slicer.mrmlScene), before)
+
+    def test_apply_takes_the_preloaded_model(self):
+        _, _, parameterNode = self._case()
+        logic = SAMFusionLogic()
+        future = logic.preload(parameterNode.model, parameterNode.device)
+        self.assertIsNotNone(future)  # the default model's weights ship with the extension and its packages
+        preloaded = future.result(timeout=600)
+        report = logic.process(parameterNode)
+        self.assertIs(logic.segmenter(parameterNode.model, parameterNode.device), preloaded)
+        self.assertEqual(report["images_encoded"], preloaded.images_encoded)  # the run encoded with it
