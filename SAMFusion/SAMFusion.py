@@ -493,11 +493,11 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         return str(fetch_weights(model))
 
     def startDownload(self, model):
-        """``downloadWeights`` on a worker thread: a ``BackgroundDownload`` to poll and cancel."""
+        """``downloadWeights`` on a worker thread: a ``BackgroundJob`` to poll and cancel."""
+        from SAMFusionLib.background import BackgroundJob
         from SAMFusionLib.sam.models import fetch_weights
-        from SAMFusionLib.sam.weights import BackgroundDownload
 
-        return BackgroundDownload(lambda progress, cancelled: fetch_weights(model, show_progress=False, progress=progress, cancelled=cancelled))
+        return BackgroundJob(lambda progress, cancelled: fetch_weights(model, show_progress=False, progress=progress, cancelled=cancelled), "samfusion-download")
 
     def importWeights(self, model, fileName):
         from SAMFusionLib.sam.models import import_weights

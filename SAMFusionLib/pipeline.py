@@ -39,7 +39,7 @@ from SAMFusionLib.registration.radiograph import Radiograph, perspective_for, pr
 from SAMFusionLib.registration.register import RegistrationOptions, RegistrationResult, register_2d
 from SAMFusionLib.registration.transforms2d import STAGES
 from SAMFusionLib.sam.segmenter import Segmenter
-from SAMFusionLib.sam.volume import VolumePrompts, segment_volume
+from SAMFusionLib.sam.volume import VolumePrompts, encode_ahead, segment_volume
 from SAMFusionLib.sam.zoom import predict_zoomed
 
 REPORT_EVERY_S = 0.05  # progress reports inside the registration (0.3 s on the default case), at most this often
@@ -332,6 +332,16 @@ def check_prompts_agree(registration: RegistrationResult, inputs: PipelineInputs
         registration.reason = (f"the CT's target prompt maps {distance:.0f} mm from the X-ray's (allowed {tolerance:.0f} mm): "
                                "the masks were aligned, but they are not the same target")
         registration.report["passed"], registration.report["reason"] = registration.passed, registration.reason
+
+
+def encode_ct_ahead(segmenter: Segmenter, ct_kji: np.ndarray, ct_geometry: ImageGeometry, ct_prompts: VolumePrompts,
+                    options: PipelineOptions = PipelineOptions(), progress: Callable[[int, int], None] | None = None,
+                    cancelled: Callable[[], bool] | None = None) -> int:
+    """Encode the CT slices that ``run_pipeline`` with ``options`` will segment, before it runs
+    (``volume.encode_ahead`` on the pipeline's view grid and window); returns the images encoded.
+    A front end calls it once the CT and its prompts are there, while the X-ray is still being prompted."""
+    grid, ct_view, axis = ct_view_grid(ct_kji, ct_geometry, options.view)
+    return encode_ahead(segmenter, ct_view, grid, ct_prompts, axis, options.ct_window, progress, cancelled)
 
 
 def ct_view_grid(ct_kji: np.ndarray, geometry: ImageGeometry, view: str = "AP") -> tuple[ImageGeometry, np.ndarray, int]:

@@ -106,8 +106,8 @@ def test_a_download_on_a_worker_thread_reports_progress_and_can_be_cancelled(tmp
     polling its progress; a cancel stops it between blocks and leaves no file."""
     import time
 
+    from SAMFusionLib.background import BackgroundJob
     from SAMFusionLib.errors import Cancelled
-    from SAMFusionLib.sam.weights import BackgroundDownload
 
     source = tmp_path / "big.pth"
     source.write_bytes(np.random.default_rng(0).integers(0, 255, 5 << 20, dtype=np.uint8).tobytes())  # 5 blocks of 1 MiB
@@ -118,7 +118,7 @@ def test_a_download_on_a_worker_thread_reports_progress_and_can_be_cancelled(tmp
         return ensure_cached("thread-model", source.as_uri(), "thread-model.pth", digest, False,
                              lambda done, total: (seen.append((done, total)), progress(done, total)), cancelled)
 
-    job = BackgroundDownload(fetch)
+    job = BackgroundJob(fetch)
     path = job.result(timeout=60)
     assert job.done() and job.fraction == 1.0 and sha256_file(path) == digest
     assert [done for done, _ in seen] == [1 << 20, 2 << 20, 3 << 20, 4 << 20, 5 << 20] and {total for _, total in seen} == {5 << 20}
@@ -129,7 +129,7 @@ def test_a_download_on_a_worker_thread_reports_progress_and_can_be_cancelled(tmp
             time.sleep(0.01)
         return download_file(source.as_uri(), weights_dir() / "cancelled.pth", digest, False, progress, cancelled)
 
-    job = BackgroundDownload(held_until_cancelled)
+    job = BackgroundJob(held_until_cancelled)
     assert not job.done()  # running on its thread while this one goes on
     job.cancel()
     with pytest.raises(Cancelled, match="download of cancelled.pth cancelled"):

@@ -294,3 +294,36 @@ def segment_volume(
                 if progress is not None:
                     progress(len(scores) + len(filled), total)
     return VolumeSegmentation(mask, scores, slice_axis, sorted(filled - set(scores)))
+
+
+def encode_ahead(
+    segmenter: Segmenter,
+    volume_kji: np.ndarray,
+    geometry: ImageGeometry,
+    prompts: VolumePrompts,
+    slice_axis: int = 2,
+    window: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> int:
+    """Put in ``segmenter``'s cache the embeddings of the slices that ``segment_volume`` with the same
+    arguments may visit, most likely first: the seed slices, then the rest of the ROI's slices (the
+    volume's, without an ROI) by their distance from the nearest seed. Returns how many images were
+    encoded; stops quietly between slices once ``cancelled()`` is true.
+
+    What a front end runs while the user places the X-ray's prompts: the run that follows finds the
+    CT's slices in the cache and only decodes them. Zoomed crops depend on SAM's answers and are
+    left to the run.
+    """
+    axes = SliceAxes(slice_axis)
+    plan = plan_prompts(prompts, geometry, axes)
+    intensity = resolve_range(volume_kji, window)  # resolved as segment_volume does: the same images, the same keys
+    order = sorted(range(plan.first, plan.last + 1), key=lambda index: (min(abs(index - seed) for seed in plan.seeds), index))
+    before = segmenter.images_encoded
+    for done, index in enumerate(order):
+        if cancelled is not None and cancelled():
+            break
+        segmenter.embed_many([to_sam_rgb(axes.take(volume_kji, index), intensity)])
+        if progress is not None:
+            progress(done + 1, len(order))
+    return segmenter.images_encoded - before

@@ -141,35 +141,3 @@ def import_file(model_id: str, source: Path, filename: str, expected_sha256: str
     if expected is None:
         _pin_sha256(model_id, actual)
     return destination
-
-
-class BackgroundDownload:
-    """A download running on a worker thread (``concurrent.futures``), so that a GUI stays live.
-
-    ``fetch(progress, cancelled)`` is called on the thread (``models.fetch_weights`` takes both).
-    The GUI thread polls ``fraction`` (0..1, or None while the size is unknown) and ``done()``, asks
-    ``cancel()``, and reads the path (or the error) with ``result()``.
-    """
-
-    def __init__(self, fetch: Callable[[Callable, Callable], Path]) -> None:
-        import threading
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.fraction: float | None = None
-        self._cancel = threading.Event()
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samfusion-download")
-        self._future = executor.submit(fetch, self._progress, self._cancel.is_set)
-        executor.shutdown(wait=False)  # the thread ends with its one task
-
-    def _progress(self, done: int, total: int | None) -> None:
-        self.fraction = None if not total else min(done / total, 1.0)
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def result(self, timeout: float | None = None) -> Path:
-        """The downloaded file's path; raises what the download raised (``Cancelled`` on a cancel)."""
-        return self._future.result(timeout)

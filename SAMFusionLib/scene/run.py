@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from SAMFusionLib.errors import SamFusionError
+from SAMFusionLib.imaging.geometry import ImageGeometry
 from SAMFusionLib.imaging.plane import Plane
 from SAMFusionLib.pipeline import PipelineInputs, PipelineOptions, PipelineResult, XrayPrompts, run_pipeline
 from SAMFusionLib.sam.segmenter import Segmenter
@@ -56,8 +57,17 @@ def read_inputs(nodes: SceneInputs) -> PipelineInputs:
     """Arrays, geometry and prompts from the nodes; raises on anything missing or misplaced."""
     if nodes.ct is None or nodes.xray is None:
         raise SamFusionError("select both a CT volume and an X-ray image")
-    ct_kji, ct_geometry = mrml.array_from_volume(nodes.ct)
+    ct_kji, ct_geometry, ct_prompts = read_ct(nodes)
     xray, xray_plane = mrml.xray_from_volume(nodes.xray)
+    return PipelineInputs(ct_kji, ct_geometry, ct_prompts, xray.astype(np.float32), xray_plane, xray_prompts(nodes, xray_plane))
+
+
+def read_ct(nodes: SceneInputs) -> tuple[np.ndarray, ImageGeometry, VolumePrompts]:
+    """The CT's (k, j, i) array, geometry and prompts from the nodes (what encoding ahead needs, before
+    the X-ray is prompted); raises on a missing CT or a misplaced prompt."""
+    if nodes.ct is None:
+        raise SamFusionError("select a CT volume")
+    ct_kji, ct_geometry = mrml.array_from_volume(nodes.ct)
     points_ras, labels = mrml.point_prompts(nodes.ct_points, nodes.ct_negative_points)
     roi = mrml.roi_corners(nodes.ct_roi)
     if len(points_ras):
@@ -66,8 +76,7 @@ def read_inputs(nodes: SceneInputs) -> PipelineInputs:
             raise SamFusionError(f"CT point {int(np.argmin(inside)) + 1} lies outside the CT volume")
     if roi is not None and not ct_geometry.contains_ijk(ct_geometry.ras_to_ijk(roi.mean(0, keepdims=True)))[0]:
         raise SamFusionError("the CT ROI's centre lies outside the CT volume")
-    ct_prompts = VolumePrompts(points_ras, labels, roi)
-    return PipelineInputs(ct_kji, ct_geometry, ct_prompts, xray.astype(np.float32), xray_plane, xray_prompts(nodes, xray_plane))
+    return ct_kji, ct_geometry, VolumePrompts(points_ras, labels, roi)
 
 
 def xray_prompts(nodes: SceneInputs, plane: Plane) -> XrayPrompts:

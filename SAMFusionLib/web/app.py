@@ -70,6 +70,7 @@ class SamFusionWebApp:
         self.loader = SegmenterLoader(memory_segmenter)
         self._model_load = None  # (model id, its preload's future or None)
         self._loop = None  # the server's event loop, once it runs: the preload's end is shown from there
+        self._ahead = None  # the CT's slices being encoded for the next Run (a BackgroundJob), or None
         self._cancel = False
         self._progress = ("", 0.0)
         self._task = None
@@ -83,6 +84,7 @@ class SamFusionWebApp:
             "sf_report": [], "sf_report_png": "", "sf_has_result": False, "sf_scene": self._scene_summary(),
             "sf_data_ct": uploads.data_choices(self.data_dir, uploads.CT_SUFFIXES), "sf_data_xray": uploads.data_choices(self.data_dir, uploads.XRAY_SUFFIXES),
             "sf_data_ct_pick": None, "sf_data_xray_pick": None, "sf_has_data": self.data_dir is not None, "sf_model_status": "",
+            "sf_ahead": "",
         })
         self._model_titles = {model: entry.title for model, entry in table.models.items()}
         # The server's answer to a model choice: the page shows what the next Run will use.
@@ -100,6 +102,7 @@ class SamFusionWebApp:
         if future is not None:
             future.add_done_callback(lambda _: self._from_worker(self._show_model_status))
         self._show_model_status(flush=False)
+        self._encode_ahead()  # the new model's embeddings are other numbers
 
     def _on_server_ready(self, **_) -> None:
         self._loop = asyncio.get_running_loop()
@@ -148,6 +151,7 @@ class SamFusionWebApp:
             self.nodes = add_case_nodes(self.slicer.scene, case.inputs, "phantom CT", "phantom X-ray", "kidney_left")
         self.case = case
         self._shown(f"the embedded default case: {case.description}")
+        self._encode_ahead()
 
     def _load_images(self, ct_path: Path | None, xray_path: Path | None, label: str) -> None:
         """Replace the CT and/or the X-ray; on any error the scene keeps what it had."""
@@ -177,6 +181,7 @@ class SamFusionWebApp:
         self.nodes = SceneInputs(ct or keep_ct, xray or keep_xray, **kept)
         self.state.update({"sf_verdict": "", "sf_passed": None, "sf_report": [], "sf_report_png": "", "sf_has_result": False})
         self._shown(label)
+        self._encode_ahead()
 
     def upload(self, role: str, files: list[dict] | None) -> None:
         """``role`` "ct" or "xray": the browser's files (trame's dicts: name, content, ...)."""
@@ -218,9 +223,59 @@ class SamFusionWebApp:
         """A point or box corner placed in a view (a VTK event, outside any trame callback)."""
         with self.state:
             self.state.sf_scene = self._scene_summary()
+            self._encode_ahead()  # a CT prompt moves the slices to encode; an X-ray one changes nothing there
 
     def stop_placing(self) -> None:
         self.slicer.markups_logic.disable_place_mode()
+
+    # --- encoding ahead ------------------------------------------------------------------------
+
+    def _encode_ahead(self) -> None:
+        """Encode the CT's slices for the next Run on a worker thread (``pipeline.encode_ct_ahead``),
+        once the CT and a prompt on it are there and the model is loaded or loading, while the user
+        prompts the X-ray; the Run then only decodes them. A Run stops it first; nothing is started
+        for a model whose weights are still to be downloaded, or prompts the Run would refuse."""
+        from SAMFusionLib.background import BackgroundJob
+        from SAMFusionLib.pipeline import PipelineOptions, encode_ct_ahead
+        from SAMFusionLib.scene.run import read_ct
+
+        self._stop_ahead()
+        nodes, model_id = self.nodes, self.state.sf_model
+        if nodes is None or nodes.ct is None or not (nodes.ct_points or nodes.ct_roi) or self.loader.preload(model_id) is None:
+            return
+        try:
+            ct_kji, geometry, prompts = read_ct(nodes)  # here, on the scene's thread
+        except SamFusionError:
+            return  # the Run will say what is wrong
+        options = PipelineOptions(view=self.state.sf_view)
+
+        def work(progress, cancelled):
+            return encode_ct_ahead(self.loader.get(model_id), ct_kji, geometry, prompts, options, progress, cancelled)
+
+        job = self._ahead = BackgroundJob(work, "samfusion-ahead")
+        self.state.sf_ahead = "encoding the CT's slices ahead of the run"
+        job.add_done_callback(lambda done: self._from_worker(lambda: self._show_ahead(done)))
+
+    def _show_ahead(self, job) -> None:
+        if job is not self._ahead:
+            return  # stopped, and perhaps started again: that job's line is shown
+        try:
+            self.state.sf_ahead = f"{job.result()} CT slices encoded ahead of the run"
+        except Exception as error:  # noqa: BLE001 - the Run meets the same problem and reports it
+            self.state.sf_ahead = f"not encoded ahead ({error})"
+        self.state.flush()
+
+    def _stop_ahead(self, wait: bool = False) -> None:
+        """Stop encoding ahead (between two slices); with ``wait``, until its thread has stopped."""
+        job, self._ahead = self._ahead, None
+        if job is None:
+            return
+        job.cancel()
+        if wait:
+            try:
+                job.result()
+            except Exception:  # noqa: BLE001 - what failed there, the Run meets and reports
+                pass
 
     # --- the run -----------------------------------------------------------------------------
 
@@ -248,7 +303,7 @@ class SamFusionWebApp:
             self.stop_placing()
             self._cancel, self._progress = False, ("loading the model", 0.0)
             with self.state:
-                self.state.update({"sf_running": True, "sf_progress": 0, "sf_step": "loading the model", "sf_message": ""})
+                self.state.update({"sf_running": True, "sf_progress": 0, "sf_step": "loading the model", "sf_message": "", "sf_ahead": ""})
             loop = asyncio.get_running_loop()
             try:
                 work = loop.run_in_executor(None, partial(self._load_and_run, self.state.sf_model, inputs, options))
@@ -272,6 +327,7 @@ class SamFusionWebApp:
         thread that has run torch slows the first while it lives)."""
         from SAMFusionLib.pipeline import run_pipeline
 
+        self._stop_ahead(wait=True)  # the segmenter serves one thread at a time; what it encoded is in its cache
         segmenter = self.loader.get(model_id)
         return segmenter, run_pipeline(segmenter, inputs, options, self._on_progress, lambda: self._cancel)
 
@@ -375,6 +431,7 @@ class SamFusionWebApp:
         return _ErrorsToPage(self)
 
     def close(self) -> None:
+        self._stop_ahead(wait=True)
         shutil.rmtree(self.session, ignore_errors=True)
 
 
@@ -417,6 +474,7 @@ def report_rows(report: dict) -> list[dict]:
     rows.append({"name": "CT mask voxels", "value": str(report["ct"]["mask_voxels"])})
     rows.append({"name": "X-ray mask pixels", "value": str(report["xray"]["mask_pixels"])})
     rows.append({"name": "CT slices: SAM / interpolated", "value": f"{report['ct']['slices_segmented']} / {report['ct']['slices_interpolated']}"})
+    rows.append({"name": "images encoded in the run", "value": str(report["images_encoded"])})
     rows.append({"name": "pipeline seconds", "value": f"{report['total_s']:.1f}"})
     rows.append({"name": "model", "value": report["model"]["id"]})
     return rows
