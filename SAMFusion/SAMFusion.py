@@ -116,6 +116,8 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._downloadTimer = None
         self._preload = None  # (model id, its load's future) while a preload is shown
         self._preloadTimer = None
+        self._ahead = None  # the CT's slices being encoded ahead (a BackgroundJob)
+        self._aheadTimer = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -153,8 +155,9 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._downloadTimer.stop()
             self._download.cancel()
             self._download = None
-        if self._preloadTimer is not None:
-            self._preloadTimer.stop()
+        for timer in (self._preloadTimer, self._aheadTimer):
+            if timer is not None:
+                timer.stop()
         if self.logic is not None:
             self.logic.releaseModels()
 
@@ -187,6 +190,42 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._preloadTimer.start()
         if not self._running and self._download is None:
             self.ui.statusLabel.text = _("Loading {model} in the background...").format(model=node.model)
+
+    def _maybeEncodeAhead(self):
+        """Encode the CT's slices for the next Apply on a worker thread, once the CT and its prompts are
+        there and they (or the model, or the view) changed since the last start. The parameter node
+        changes when the user moves on to the X-ray's prompts, by then usually placed on the CT."""
+        import qt
+
+        try:
+            job = self.logic.encodeAhead(self._parameterNode)
+        except Exception as error:  # noqa: BLE001 - only a head start: Apply reports what is wrong
+            logging.info(f"SAMFusion: CT not encoded ahead: {error}")
+            return
+        if job is None:
+            return
+        self._ahead = job
+        if self._aheadTimer is None:
+            self._aheadTimer = qt.QTimer()
+            self._aheadTimer.setInterval(250)
+            self._aheadTimer.connect("timeout()", self._pollEncodeAhead)
+        self._aheadTimer.start()
+
+    def _pollEncodeAhead(self):
+        job = self._ahead
+        showing = not self._running and self._download is None
+        if not job.done():
+            if showing and job.fraction is not None:
+                self.ui.statusLabel.text = _("Encoding the CT's slices ahead: {percent}%").format(percent=int(100 * job.fraction))
+            return
+        self._aheadTimer.stop()
+        try:
+            encoded = job.result()
+        except Exception as error:  # noqa: BLE001 - the Apply meets it again, and reports it
+            logging.info(f"SAMFusion: CT not encoded ahead: {error}")
+            return
+        if showing:
+            self.ui.statusLabel.text = _("{count} CT slices encoded ahead of Apply").format(count=encoded)
 
     def _pollPreload(self):
         model, future = self._preload
@@ -241,6 +280,7 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _checkCanApply(self, caller=None, event=None):
         if self._running:
             return
+        self._maybeEncodeAhead()
         node = self._parameterNode
         sameVolume = bool(node and node.ct and node.xray and node.ct == node.xray)
         ready = bool(node and node.ct and node.xray and not sameVolume and (node.ctPoints or node.ctRoi) and (node.xrayPoints or node.xrayRoi))
@@ -384,6 +424,7 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         from SAMFusionLib.sam.preload import SegmenterLoader  # the standard library only: no torch here
 
         self._loader = SegmenterLoader(_diskCachedSegmenter)
+        self._ahead = None  # (what was encoded ahead, its BackgroundJob)
 
     def getParameterNode(self):
         return SAMFusionParameterNode(super().getParameterNode())
@@ -435,8 +476,54 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
             return None
         return self._loader.preload(model, device)
 
+    def encodeAhead(self, parameterNode):
+        """Start encoding the CT slices the next Apply will segment (``pipeline.encode_ct_ahead``) on a
+        worker thread: a ``BackgroundJob``, or None when there is nothing (new) to encode, or the
+        model is not loaded or loading (see ``preload``). The next ``process`` stops it first."""
+        from SAMFusionLib.background import BackgroundJob
+        from SAMFusionLib.pipeline import PipelineOptions, encode_ct_ahead
+        from SAMFusionLib.scene import mrml
+        from SAMFusionLib.scene.run import SceneInputs, read_ct
+
+        p = parameterNode
+        if not (p and p.ct and (p.ctPoints or p.ctRoi)):
+            return None
+        points, _ = mrml.point_prompts(p.ctPoints, p.ctNegativePoints)
+        roi = mrml.roi_corners(p.ctRoi)
+        if not len(points) and roi is None:
+            return None  # selected, not yet placed
+        what = (p.ct.GetID(), p.ct.GetMTime(), points.tobytes(), None if roi is None else roi.tobytes(), p.view, p.model, p.device)
+        if self._ahead is not None and self._ahead[0] == what:
+            return None  # already encoded, or under way
+        if self.preload(p.model, p.device) is None:
+            return None
+        previous = self.stopEncodingAhead()
+        ctKji, geometry, prompts = read_ct(SceneInputs(p.ct, None, p.ctPoints, p.ctNegativePoints, p.ctRoi))
+        options, model, device = PipelineOptions(view=p.view), p.model, p.device
+
+        def work(progress, cancelled):
+            if previous is not None:
+                previous.join()  # one job on the segmenter at a time
+            return encode_ct_ahead(self.segmenter(model, device), ctKji, geometry, prompts, options, progress, cancelled)
+
+        job = BackgroundJob(work, "samfusion-ahead")
+        self._ahead = (what, job)
+        return job
+
+    def stopEncodingAhead(self, wait=False):
+        """Stop encoding ahead, between two slices (what it did not finish, Apply encodes); with
+        ``wait``, until its thread has stopped. Returns the job, or None."""
+        job = None if self._ahead is None else self._ahead[1]
+        if job is not None:
+            job.cancel()
+            if wait:
+                job.join()  # what failed there, Apply meets again and reports
+        return job
+
     def releaseModels(self):
         """Drop the loaded models and their embedding caches (scene close, module cleanup)."""
+        self.stopEncodingAhead(wait=True)
+        self._ahead = None  # its embeddings go with the models
         self._loader.clear()
         try:
             import torch
@@ -460,6 +547,7 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         from SAMFusionLib.registration.register import RegistrationOptions
         from SAMFusionLib.scene.run import SceneInputs, SceneOutputs, run_on_scene
 
+        self.stopEncodingAhead(wait=True)  # the segmenter serves one thread at a time; what it encoded is in its cache
         p = parameterNode
         reuse = SceneOutputs(p.outCtSegmentation, p.outXraySegmentation, p.outProjection, p.outTransform, p.outGridTransform, p.outFused)
         nodes = SceneInputs(p.ct, p.xray, p.ctPoints, p.ctNegativePoints, p.ctRoi, p.xrayPoints, p.xrayNegativePoints, p.xrayRoi)

@@ -10,7 +10,8 @@ Sub-packages, imported one way only (each may import those on the lines below it
 - ``pipeline`` (a module): the whole job, prompt -> mask -> projection -> transform -> fused volume;
 - ``sam``, ``registration``, ``fusion``: the three engines;
 - ``imaging``: geometry, grids, files, intensity windows, mask metrics;
-- ``errors``, ``device`` (modules): the error types and the torch device choice, used everywhere.
+- ``errors``, ``device``, ``background`` (modules): the error types, the torch device choice and a
+  job on a thread of its own (a download, encoding ahead), used everywhere.
 
 Nothing here imports Qt, and only ``scene.mrml`` imports ``slicer``. Heavy packages (torch,
 segment_anything, cv2) are imported inside functions so that importing the package is cheap.

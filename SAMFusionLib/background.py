@@ -8,6 +8,7 @@ that run torch: while a thread that has run torch lives, torch on every other th
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,10 @@ class BackgroundJob:
     def add_done_callback(self, callback: Callable[[BackgroundJob], None]) -> None:
         """Call ``callback(job)`` once the job has ended (on the job's thread, or here if it already has)."""
         self._future.add_done_callback(lambda _: callback(self))
+
+    def join(self) -> None:
+        """Wait until the job has ended, whatever its outcome (read that with ``result``)."""
+        concurrent.futures.wait([self._future])
 
     def result(self, timeout: float | None = None):
         """The job's return value; raises what the job raised (a download: ``Cancelled`` on a cancel)."""

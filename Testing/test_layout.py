@@ -14,7 +14,7 @@ LIB = Path(__file__).resolve().parents[1] / "SAMFusionLib"
 # Lower numbers are lower layers; a module may import its own package and packages of lower rank.
 RANK = {
     "errors": 0,
-    "device": 1, "imaging": 1,
+    "device": 1, "background": 1, "imaging": 1,
     "sam": 2, "registration": 2, "fusion": 2,
     "pipeline": 3,
     "scene": 4, "cases": 4,

@@ -305,6 +305,25 @@ def test_a_new_prompt_costs_only_the_decoder(default_case, demo_model):
     assert segmenter.cache.hits > reused
 
 
+@pytest.mark.parametrize("view", ["AP", "LAT"])
+def test_ct_slices_encoded_ahead_leave_the_run_the_x_ray_and_zoomed_crops(default_case, demo_model, view):
+    """What the web app runs while the user prompts the X-ray: ``encode_ct_ahead`` on the pipeline's
+    own view grid and window, so the run finds its CT slices cached (measured with the demo model on
+    the default case: 33 slices ahead, then 3 images in the run: the X-ray and two zoomed crops,
+    against 35) and its result is the same."""
+    from SAMFusionLib.pipeline import PipelineOptions, encode_ct_ahead
+
+    options = PipelineOptions(view=view)
+    inputs = default_case.inputs
+    plain = run_pipeline(Segmenter(demo_model), inputs, options)
+    segmenter = Segmenter(demo_model)
+    ahead = encode_ct_ahead(segmenter, inputs.ct_kji, inputs.ct_geometry, inputs.ct_prompts, options)
+    result = run_pipeline(segmenter, inputs, options)
+    assert ahead >= result.report["ct"]["slices_segmented"] >= 10
+    assert result.report["images_encoded"] <= plain.report["images_encoded"] - result.report["ct"]["slices_segmented"] + 2
+    assert np.array_equal(result.ct_mask_kji, plain.ct_mask_kji) and np.array_equal(result.xray_mask, plain.xray_mask)
+    assert result.registration.report["dice_after"] == plain.registration.report["dice_after"]
+
 
 def test_sam_on_every_third_ct_slice_with_the_default_model(default_case, default_model):
     """``slice_step=3``: the encoder runs on about half as many images (measured 16 against 32),

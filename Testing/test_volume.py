@@ -216,3 +216,46 @@ def test_bad_slice_steps_are_refused(tiny_model, step, propagate, message):
     prompts = VolumePrompts(roi_corners_ras=roi_corners_ras([10, 10, 8], [8, 8, 8]))
     with pytest.raises(SamFusionError, match=message):
         segment_volume(Segmenter(tiny_model), volume, GEOMETRY, prompts, propagate=propagate, slice_step=step)
+
+
+def test_slices_encoded_ahead_are_the_ones_the_segmentation_uses(demo_model, tmp_path):
+    """``encode_ahead`` (what a front end runs while the user prompts the X-ray): the ball's slices in
+    the ROI, the seed's first; a segmentation afterwards encodes nothing more and gives the same mask.
+    (Without zoom: a zoomed crop depends on SAM's answer, and is left to the run.)"""
+    from SAMFusionLib.sam.volume import encode_ahead
+
+    volume, geometry, center_ras = sphere_volume(DIRECTIONS["oblique"], tmp_path)
+    low, high = CENTER_IJK - 9, CENTER_IJK + 9
+    corners_ijk = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
+    prompts = VolumePrompts(center_ras[None], np.array([1]), geometry.ijk_to_ras_points(corners_ijk))
+    plain = Segmenter(demo_model)
+    expected = segment_volume(plain, volume, geometry, prompts, slice_axis=2, zoom="off")
+
+    ahead = Segmenter(demo_model)
+    seen = []
+    encoded = encode_ahead(ahead, volume, geometry, prompts, slice_axis=2, progress=lambda done, total: seen.append((done, total)))
+    plan = plan_prompts(prompts, geometry, SliceAxes(2))
+    assert encoded == plan.last - plan.first + 1 == len(seen) == seen[-1][1]  # every ROI slice, once
+    assert set(plan.seeds) == {int(round(CENTER_IJK[2]))}
+    result = segment_volume(ahead, volume, geometry, prompts, slice_axis=2, zoom="off")
+    assert ahead.images_encoded == encoded  # the segmentation found every slice in the cache
+    assert np.array_equal(result.mask_kji, expected.mask_kji) and result.slice_scores == expected.slice_scores
+    assert encode_ahead(ahead, volume, geometry, prompts, slice_axis=2) == 0  # nothing new to encode
+
+
+def test_encoding_ahead_stops_between_slices_when_cancelled_and_starts_at_the_seed(demo_model, tmp_path):
+    from SAMFusionLib.imaging.intensity import resolve_range, to_sam_rgb
+    from SAMFusionLib.sam.embedding_cache import image_key
+    from SAMFusionLib.sam.volume import encode_ahead
+
+    volume, geometry, center_ras = sphere_volume(DIRECTIONS["oblique"], tmp_path)
+    prompts = VolumePrompts(points_ras=center_ras[None], labels=np.array([1]))
+    segmenter = Segmenter(demo_model)
+    calls = []
+    encoded = encode_ahead(segmenter, volume, geometry, prompts, slice_axis=2, cancelled=lambda: (calls.append(1), len(calls) > 3)[1])
+    assert encoded == 3  # three slices, then the cancel was seen before the fourth
+    seed = int(round(CENTER_IJK[2]))
+    intensity = resolve_range(volume, "auto")
+    for index in (seed, seed - 1, seed + 1):  # the seed first, then its neighbours
+        rgb = to_sam_rgb(SliceAxes(2).take(volume, index), intensity)
+        assert segmenter.cache.get(image_key(segmenter.cache_id, rgb), "cpu") is not None

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 
 from SAMFusionLib.errors import Cancelled, SamFusionError
 from SAMFusionLib.scene.run import SceneInputs
 from SAMFusionLib.web import uploads
+from SAMFusionLib.web.page import three_views
+from SAMFusionLib.web.results import ErrorsToPage, report_rows, zip_folder
 
-# (name, view group, colour); names are plain words: trame-slicer builds state variable names from them.
-VIEWS = (("CT", 0, "#F34A33"), ("Xray", 1, "#3A8FD9"), ("Fused", 2, "#6DAD4A"))
 PROMPT_COLOURS = {"roi": (1.0, 0.85, 0.0), "points": (0.1, 0.85, 0.1), "negative": (0.9, 0.1, 0.1)}
 PLACE_SLOTS = {"ct_points": "CT points", "ct_negative_points": "CT negative points", "ct_roi": "CT ROI",
                "xray_points": "X-ray points", "xray_negative_points": "X-ray negative points", "xray_roi": "X-ray ROI"}
@@ -58,7 +56,7 @@ class SamFusionWebApp:
         vtkObject.GlobalWarningDisplayOff()  # VTK's deprecation notices on every view are not the user's business
         register_rca_factories(self.slicer.view_manager, self.server)
         self.layout = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
-        self.layout.register_layout_dict({"SAMFusion": _three_views()})
+        self.layout.register_layout_dict({"SAMFusion": three_views()})
         self.layout.set_layout("SAMFusion")
         self.nodes: SceneInputs | None = None
         self.case = None  # the default case's truth, when it is loaded
@@ -239,7 +237,7 @@ class SamFusionWebApp:
         from SAMFusionLib.pipeline import PipelineOptions, encode_ct_ahead
         from SAMFusionLib.scene.run import read_ct
 
-        self._stop_ahead()
+        previous = self._stop_ahead()
         nodes, model_id = self.nodes, self.state.sf_model
         if nodes is None or nodes.ct is None or not (nodes.ct_points or nodes.ct_roi) or self.loader.preload(model_id) is None:
             return
@@ -250,6 +248,8 @@ class SamFusionWebApp:
         options = PipelineOptions(view=self.state.sf_view)
 
         def work(progress, cancelled):
+            if previous is not None:
+                previous.join()  # one job on the segmenter at a time
             return encode_ct_ahead(self.loader.get(model_id), ct_kji, geometry, prompts, options, progress, cancelled)
 
         job = self._ahead = BackgroundJob(work, "samfusion-ahead")
@@ -265,17 +265,15 @@ class SamFusionWebApp:
             self.state.sf_ahead = f"not encoded ahead ({error})"
         self.state.flush()
 
-    def _stop_ahead(self, wait: bool = False) -> None:
-        """Stop encoding ahead (between two slices); with ``wait``, until its thread has stopped."""
+    def _stop_ahead(self, wait: bool = False):
+        """Stop encoding ahead (between two slices); with ``wait``, until its thread has stopped.
+        Returns the stopped job, or None."""
         job, self._ahead = self._ahead, None
-        if job is None:
-            return
-        job.cancel()
-        if wait:
-            try:
-                job.result()
-            except Exception:  # noqa: BLE001 - what failed there, the Run meets and reports
-                pass
+        if job is not None:
+            job.cancel()
+            if wait:
+                job.join()  # what failed there, the Run meets again and reports
+        return job
 
     # --- the run -----------------------------------------------------------------------------
 
@@ -355,7 +353,7 @@ class SamFusionWebApp:
             report["case"] = truth_report(self.case, result)
         folder = Path(tempfile.mkdtemp(prefix="run-", dir=self.session)) / "samfusion-scene"
         write_outputs(self.slicer.scene, result, report, folder)
-        self.zip_bytes = _zip_folder(folder)
+        self.zip_bytes = zip_folder(folder)
         registration = report["registration"]
         self.state.update({
             "sf_verdict": f"registration {'passed' if registration['passed'] else 'FAILED'}: {registration['reason']}",
@@ -428,70 +426,8 @@ class SamFusionWebApp:
     # --- errors ------------------------------------------------------------------------------
 
     def _reporting_errors(self):
-        return _ErrorsToPage(self)
+        return ErrorsToPage(self)
 
     def close(self) -> None:
         self._stop_ahead(wait=True)
         shutil.rmtree(self.session, ignore_errors=True)
-
-
-class _ErrorsToPage:
-    """Any error of a user action becomes the page's one-line message; the scene is as it was."""
-
-    def __init__(self, app: SamFusionWebApp) -> None:
-        self.app = app
-
-    def __enter__(self):
-        self.app.state.sf_message = ""
-        return self
-
-    def __exit__(self, error_type, error, traceback):
-        if error_type is None:
-            return False
-        if issubclass(error_type, SamFusionError):
-            message = str(error)
-        elif issubclass(error_type, Exception):
-            message = f"{error_type.__name__}: {error}"
-        else:
-            return False
-        self.app.state.sf_message = message.splitlines()[0] if message else error_type.__name__
-        self.app.state.sf_scene = self.app._scene_summary()
-        return True
-
-
-ROW_NAMES = {"reference": "registered on", "match_loss_before": "Match_Loss before", "match_loss_after": "Match_Loss after",
-             "dice_before": "mask Dice before", "dice_after": "mask Dice after", "prompt_distance_mm": "prompt distance (mm)"}
-
-
-def report_rows(report: dict) -> list[dict]:
-    """The figures the page lists, as (name, value) rows, from ``report.json``'s content."""
-    registration, rows = report["registration"], []
-    for key in ("reference", "match_loss_before", "match_loss_after", "dice_before", "dice_after", "prompt_distance_mm"):
-        if registration.get(key) is not None:
-            value = registration[key]
-            text = ("no overlap" if value == float("inf") else f"{value:.4f}") if isinstance(value, float) else str(value)
-            rows.append({"name": ROW_NAMES.get(key, key), "value": text})
-    rows.append({"name": "CT mask voxels", "value": str(report["ct"]["mask_voxels"])})
-    rows.append({"name": "X-ray mask pixels", "value": str(report["xray"]["mask_pixels"])})
-    rows.append({"name": "CT slices: SAM / interpolated", "value": f"{report['ct']['slices_segmented']} / {report['ct']['slices_interpolated']}"})
-    rows.append({"name": "images encoded in the run", "value": str(report["images_encoded"])})
-    rows.append({"name": "pipeline seconds", "value": f"{report['total_s']:.1f}"})
-    rows.append({"name": "model", "value": report["model"]["id"]})
-    return rows
-
-
-def _zip_folder(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
-    return buffer.getvalue()
-
-
-def _three_views():
-    from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition, ViewProps, ViewType
-
-    views = [ViewLayoutDefinition(name, ViewType.SLICE_VIEW, ViewProps(orientation="Axial", label=name, color=color, group=group))
-             for name, group, color in VIEWS]
-    return Layout(LayoutDirection.Horizontal, views)

@@ -3,6 +3,9 @@ Slicer's three slice views. Element ids (``sf-...``) are what the browser tests 
 
 from __future__ import annotations
 
+# (name, view group, colour); names are plain words: trame-slicer builds state variable names from them.
+VIEWS = (("CT", 0, "#F34A33"), ("Xray", 1, "#3A8FD9"), ("Fused", 2, "#6DAD4A"))
+
 
 def build_page(app):
     """The trame layout of ``app`` (a ``SamFusionWebApp``)."""
@@ -75,3 +78,12 @@ def build_page(app):
             with html.Div(classes="sf-views"):
                 app.layout.initialize_layout_grid(layout)
     return layout
+
+
+def three_views():
+    """The CT, X-ray and fused slice views side by side (trame-slicer's layout)."""
+    from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition, ViewProps, ViewType
+
+    views = [ViewLayoutDefinition(name, ViewType.SLICE_VIEW, ViewProps(orientation="Axial", label=name, color=color, group=group))
+             for name, group, color in VIEWS]
+    return Layout(LayoutDirection.Horizontal, views)
