@@ -103,6 +103,19 @@ class SAMFusionParameterNode:
     outGridTransform: vtkMRMLGridTransformNode
 
 
+def _pollingTimer(timer, intervalMs, poll):
+    """``timer`` (a new QTimer calling ``poll`` every ``intervalMs`` when None), started: how the panel
+    follows a job on a worker thread while the GUI stays live."""
+    import qt
+
+    if timer is None:
+        timer = qt.QTimer()
+        timer.setInterval(intervalMs)
+        timer.connect("timeout()", poll)
+    timer.start()
+    return timer
+
+
 class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -168,8 +181,6 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _preloadModel(self):
         """Load the chosen model on a worker thread while the user prepares the case, so that the first
         Apply is no slower than the next. Only a head start: Apply loads (and reports) whatever it missed."""
-        import qt
-
         node = self._parameterNode
         if not (node and node.model):
             return
@@ -183,11 +194,7 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # As for a download: the load runs on a worker thread and a timer here shows when it is done
         # (the timer's calls also give that thread its turns at Python while the GUI is idle).
         self._preload = (node.model, future)
-        if self._preloadTimer is None:
-            self._preloadTimer = qt.QTimer()
-            self._preloadTimer.setInterval(200)
-            self._preloadTimer.connect("timeout()", self._pollPreload)
-        self._preloadTimer.start()
+        self._preloadTimer = _pollingTimer(self._preloadTimer, 200, self._pollPreload)
         if not self._running and self._download is None:
             self.ui.statusLabel.text = _("Loading {model} in the background...").format(model=node.model)
 
@@ -195,8 +202,6 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Encode the CT's slices for the next Apply on a worker thread, once the CT and its prompts are
         there and they (or the model, or the view) changed since the last start. The parameter node
         changes when the user moves on to the X-ray's prompts, by then usually placed on the CT."""
-        import qt
-
         try:
             job = self.logic.encodeAhead(self._parameterNode)
         except Exception as error:  # noqa: BLE001 - only a head start: Apply reports what is wrong
@@ -205,11 +210,7 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job is None:
             return
         self._ahead = job
-        if self._aheadTimer is None:
-            self._aheadTimer = qt.QTimer()
-            self._aheadTimer.setInterval(250)
-            self._aheadTimer.connect("timeout()", self._pollEncodeAhead)
-        self._aheadTimer.start()
+        self._aheadTimer = _pollingTimer(self._aheadTimer, 250, self._pollEncodeAhead)
 
     def _pollEncodeAhead(self):
         job = self._ahead
@@ -340,8 +341,6 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return ready
 
     def onDownloadButton(self):
-        import qt
-
         if self._download is not None:  # the button reads "Cancel download" meanwhile
             self._download.cancel()
             return
@@ -351,10 +350,7 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # so the GUI stays live and the same button cancels it.
         self._download = self.logic.startDownload(self._parameterNode.model)
         self.ui.downloadButton.text = _("Cancel download")
-        self._downloadTimer = qt.QTimer()
-        self._downloadTimer.setInterval(200)
-        self._downloadTimer.connect("timeout()", self._pollDownload)
-        self._downloadTimer.start()
+        self._downloadTimer = _pollingTimer(self._downloadTimer, 200, self._pollDownload)
 
     def _pollDownload(self):
         from SAMFusionLib.errors import Cancelled
