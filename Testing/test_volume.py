@@ -259,3 +259,18 @@ def test_encoding_ahead_stops_between_slices_when_cancelled_and_starts_at_the_se
     for index in (seed, seed - 1, seed + 1):  # the seed first, then its neighbours
         rgb = to_sam_rgb(SliceAxes(2).take(volume, index), intensity)
         assert segmenter.cache.get(image_key(segmenter.cache_id, rgb), "cpu") is not None
+
+
+def test_encoding_ahead_fills_at_most_half_the_cache_with_the_slices_nearest_the_seed(demo_model, tmp_path):
+    """Past its bound the cache would drop the seed's neighbours, encoded first, for the far slices."""
+    from SAMFusionLib.sam.embedding_cache import EmbeddingCache
+    from SAMFusionLib.sam.volume import encode_ahead
+
+    volume, geometry, center_ras = sphere_volume(DIRECTIONS["oblique"], tmp_path)
+    prompts = VolumePrompts(points_ras=center_ras[None], labels=np.array([1]))
+    probe = Segmenter(demo_model)
+    probe.set_image(np.zeros((8, 8, 3), np.uint8))
+    one = probe.cache.nbytes  # one embedding's bytes
+    segmenter = Segmenter(demo_model, EmbeddingCache(max_bytes=6 * one))
+    assert encode_ahead(segmenter, volume, geometry, prompts, slice_axis=2) == 3  # half of 6 embeddings
+    assert len(segmenter.cache) == 3

@@ -296,6 +296,12 @@ def segment_volume(
     return VolumeSegmentation(mask, scores, slice_axis, sorted(filled - set(scores)))
 
 
+# Encoding ahead fills at most this share of the segmenter's in-memory cache (a 1 GiB cache: 128
+# slices of LiteMedSAM's 4 MiB embeddings). The run's own images need room too, and past the bound the
+# cache would drop the least recently used: the seed's neighbours, encoded first, for the far slices.
+AHEAD_CACHE_SHARE = 0.5
+
+
 def encode_ahead(
     segmenter: Segmenter,
     volume_kji: np.ndarray,
@@ -308,8 +314,9 @@ def encode_ahead(
 ) -> int:
     """Put in ``segmenter``'s cache the embeddings of the slices that ``segment_volume`` with the same
     arguments may visit, most likely first: the seed slices, then the rest of the ROI's slices (the
-    volume's, without an ROI) by their distance from the nearest seed. Returns how many images were
-    encoded; stops quietly between slices once ``cancelled()`` is true.
+    volume's, without an ROI) by their distance from the nearest seed, as many as fill
+    ``AHEAD_CACHE_SHARE`` of its cache. Returns how many images were encoded; stops quietly between
+    slices once ``cancelled()`` is true.
 
     What a front end runs while the user places the X-ray's prompts: the run that follows finds the
     CT's slices in the cache and only decodes them. Zoomed crops depend on SAM's answers and are
@@ -319,6 +326,9 @@ def encode_ahead(
     plan = plan_prompts(prompts, geometry, axes)
     intensity = resolve_range(volume_kji, window)  # resolved as segment_volume does: the same images, the same keys
     order = sorted(range(plan.first, plan.last + 1), key=lambda index: (min(abs(index - seed) for seed in plan.seeds), index))
+    encoder = segmenter.model.sam.prompt_encoder
+    embedding_bytes = 4 * encoder.embed_dim * encoder.image_embedding_size[0] * encoder.image_embedding_size[1]  # float32
+    order = order[: max(1, int(AHEAD_CACHE_SHARE * segmenter.cache.max_bytes) // embedding_bytes)]
     before = segmenter.images_encoded
     for done, index in enumerate(order):
         if cancelled is not None and cancelled():
