@@ -103,8 +103,9 @@ def warm_up_pays(model) -> bool:
 def warm_up(model) -> None:
     """Segment a synthetic image once, with a throwaway segmenter over ``model``: the first call's
     one-time costs (the folded encoder copy, oneDNN's kernels, the decoder's first pass) are paid
-    here, and the user's segmenter caches and counts nothing. With the demo model, the first Apply
-    of a preloaded session took 1.77 s without it and 1.50 s with it (the second: 1.47 and 1.51 s)."""
+    here, and the user's segmenter caches and counts nothing. Measured with the demo model (while
+    the preload's worker thread still lived on, see ``SegmenterLoader.preload``): the first Apply of
+    a preloaded session 1.77 s without it and 1.50 s with it, the second 1.47 and 1.51 s."""
     import numpy as np
 
     from SAMFusionLib.sam.segmenter import Segmenter
