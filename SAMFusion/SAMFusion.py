@@ -199,13 +199,14 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Loading {model} in the background...").format(model=node.model)
 
     def _maybeEncodeAhead(self):
-        """Encode the CT's slices for the next Apply on a worker thread, once the CT and its prompts are
-        there and they (or the model, or the view) changed since the last start. The parameter node
-        changes when the user moves on to the X-ray's prompts, by then usually placed on the CT."""
+        """Encode the X-ray and the CT's slices for the next Apply on a worker thread, once they (and
+        the CT's prompts) are there and changed since the last start, as the model or the view. The
+        parameter node changes when the user selects an image, or moves on to the X-ray's prompts,
+        by then usually placed on the CT."""
         try:
             job = self.logic.encodeAhead(self._parameterNode)
         except Exception as error:  # noqa: BLE001 - only a head start: Apply reports what is wrong
-            logging.info(f"SAMFusion: CT not encoded ahead: {error}")
+            logging.info(f"SAMFusion: not encoded ahead: {error}")
             return
         if job is None:
             return
@@ -217,16 +218,16 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         showing = not self._running and self._download is None
         if not job.done():
             if showing and job.fraction is not None:
-                self.ui.statusLabel.text = _("Encoding the CT's slices ahead: {percent}%").format(percent=int(100 * job.fraction))
+                self.ui.statusLabel.text = _("Encoding the CT's slices ahead of Apply: {percent}%").format(percent=int(100 * job.fraction))
             return
         self._aheadTimer.stop()
         try:
-            encoded = job.result()
+            slices = job.result()[1]
         except Exception as error:  # noqa: BLE001 - the Apply meets it again, and reports it
-            logging.info(f"SAMFusion: CT not encoded ahead: {error}")
+            logging.info(f"SAMFusion: not encoded ahead: {error}")
             return
         if showing:
-            self.ui.statusLabel.text = _("{count} CT slices encoded ahead of Apply").format(count=encoded)
+            self.ui.statusLabel.text = _("Encoded ahead of Apply: the images loaded, {count} CT slices").format(count=slices)
 
     def _pollPreload(self):
         model, future = self._preload
@@ -473,34 +474,34 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         return self._loader.preload(model, device)
 
     def encodeAhead(self, parameterNode):
-        """Start encoding the CT slices the next Apply will segment (``pipeline.encode_ct_ahead``) on a
-        worker thread: a ``BackgroundJob``, or None when there is nothing (new) to encode, or the
-        model is not loaded or loading (see ``preload``). The next ``process`` stops it first."""
+        """Start encoding what the next Apply will segment (``pipeline.encode_ahead_of_run``: the X-ray,
+        then the CT's slices once a prompt is on the CT) on a worker thread: a ``BackgroundJob``, or
+        None when there is nothing (new) to encode, or the model is not loaded or loading (see
+        ``preload``). The next ``process`` stops it first."""
         from SAMFusionLib.background import BackgroundJob
-        from SAMFusionLib.pipeline import PipelineOptions, encode_ct_ahead
+        from SAMFusionLib.pipeline import PipelineOptions, encode_ahead_of_run
         from SAMFusionLib.scene import mrml
-        from SAMFusionLib.scene.run import SceneInputs, read_ct
+        from SAMFusionLib.scene.run import SceneInputs, read_ahead
 
         p = parameterNode
-        if not (p and p.ct and (p.ctPoints or p.ctRoi)):
+        if not (p and (p.ct or p.xray)):
             return None
-        points, _ = mrml.point_prompts(p.ctPoints, p.ctNegativePoints)
+        points, _labels = mrml.point_prompts(p.ctPoints, p.ctNegativePoints)
         roi = mrml.roi_corners(p.ctRoi)
-        if not len(points) and roi is None:
-            return None  # selected, not yet placed
-        what = (p.ct.GetID(), p.ct.GetMTime(), points.tobytes(), None if roi is None else roi.tobytes(), p.view, p.model, p.device)
+        what = tuple(None if node is None else (node.GetID(), node.GetMTime()) for node in (p.ct, p.xray))
+        what += (points.tobytes(), None if roi is None else roi.tobytes(), p.view, p.model, p.device)
         if self._ahead is not None and self._ahead[0] == what:
             return None  # already encoded, or under way
-        if self.preload(p.model, p.device) is None:
+        xray, ct = read_ahead(SceneInputs(p.ct, p.xray, p.ctPoints, p.ctNegativePoints, p.ctRoi))
+        if (xray is None and ct is None) or self.preload(p.model, p.device) is None:
             return None
         previous = self.stopEncodingAhead()
-        ctKji, geometry, prompts = read_ct(SceneInputs(p.ct, None, p.ctPoints, p.ctNegativePoints, p.ctRoi))
         options, model, device = PipelineOptions(view=p.view), p.model, p.device
 
         def work(progress, cancelled):
             if previous is not None:
                 previous.join()  # one job on the segmenter at a time
-            return encode_ct_ahead(self.segmenter(model, device), ctKji, geometry, prompts, options, progress, cancelled)
+            return encode_ahead_of_run(self.segmenter(model, device), xray, ct, options, progress, cancelled)
 
         job = BackgroundJob(work, "samfusion-ahead")
         self._ahead = (what, job)

@@ -187,7 +187,7 @@ def run_pipeline(
 
     # 2. X-ray.
     step("segment X-ray")
-    xray_rgb = to_sam_rgb(inputs.xray, resolve_range(inputs.xray, options.xray_window))
+    xray_rgb = xray_sam_rgb(inputs.xray, options)
     prompts = inputs.xray_prompts
     has_points = len(prompts.points_xy) > 0
     xray_prediction = predict_zoomed(
@@ -332,6 +332,27 @@ def check_prompts_agree(registration: RegistrationResult, inputs: PipelineInputs
         registration.reason = (f"the CT's target prompt maps {distance:.0f} mm from the X-ray's (allowed {tolerance:.0f} mm): "
                                "the masks were aligned, but they are not the same target")
         registration.report["passed"], registration.report["reason"] = registration.passed, registration.reason
+
+
+def xray_sam_rgb(xray: np.ndarray, options: PipelineOptions = PipelineOptions()) -> np.ndarray:
+    """The (H, W, 3) uint8 image SAM segments of a (rows, columns) X-ray: windowed by ``options.xray_window``."""
+    return to_sam_rgb(xray, resolve_range(xray, options.xray_window))
+
+
+def encode_ahead_of_run(segmenter: Segmenter, xray: np.ndarray | None, ct: tuple | None, options: PipelineOptions = PipelineOptions(),
+                        progress: Callable[[int, int], None] | None = None, cancelled: Callable[[], bool] | None = None) -> tuple[int, int]:
+    """Encode what ``run_pipeline`` with ``options`` will segment, before it runs: the X-ray (the
+    ``PipelineInputs`` array; its embedding does not depend on the prompts), then the CT's slices
+    (``ct``: (array, geometry, prompts), see ``encode_ct_ahead``); either may be None, not there
+    yet. Returns (X-ray images encoded, CT slices encoded). A front end runs it on a worker thread
+    while the user places prompts; the run then finds these images in the segmenter's cache."""
+    before = segmenter.images_encoded
+    if xray is not None:
+        segmenter.embed_many([xray_sam_rgb(xray, options)])
+    xray_encoded = segmenter.images_encoded - before
+    if ct is None or (cancelled is not None and cancelled()):
+        return xray_encoded, 0
+    return xray_encoded, encode_ct_ahead(segmenter, *ct, options, progress, cancelled)
 
 
 def encode_ct_ahead(segmenter: Segmenter, ct_kji: np.ndarray, ct_geometry: ImageGeometry, ct_prompts: VolumePrompts,

@@ -306,23 +306,43 @@ def test_a_new_prompt_costs_only_the_decoder(default_case, demo_model):
 
 
 @pytest.mark.parametrize("view", ["AP", "LAT"])
-def test_ct_slices_encoded_ahead_leave_the_run_the_x_ray_and_zoomed_crops(default_case, demo_model, view):
-    """What the web app runs while the user prompts the X-ray: ``encode_ct_ahead`` on the pipeline's
-    own view grid and window, so the run finds its CT slices cached (measured with the demo model on
-    the default case: 33 slices ahead, then 3 images in the run: the X-ray and two zoomed crops,
-    against 35) and its result is the same."""
-    from SAMFusionLib.pipeline import PipelineOptions, encode_ct_ahead
+def test_images_encoded_ahead_leave_the_run_only_its_zoomed_crops(default_case, demo_model, view):
+    """What the front ends run while the user places prompts: ``encode_ahead_of_run`` on the
+    pipeline's own view grid and windows, so the run finds the X-ray and its CT slices cached
+    (measured with the demo model on the default case, AP: the X-ray and 33 slices ahead, then 2
+    images in the run, its zoomed crops, against 35) and its result is the same."""
+    from SAMFusionLib.pipeline import PipelineOptions, encode_ahead_of_run
 
     options = PipelineOptions(view=view)
     inputs = default_case.inputs
     plain = run_pipeline(Segmenter(demo_model), inputs, options)
     segmenter = Segmenter(demo_model)
-    ahead = encode_ct_ahead(segmenter, inputs.ct_kji, inputs.ct_geometry, inputs.ct_prompts, options)
+    xray, slices = encode_ahead_of_run(segmenter, inputs.xray, (inputs.ct_kji, inputs.ct_geometry, inputs.ct_prompts), options)
     result = run_pipeline(segmenter, inputs, options)
-    assert ahead >= result.report["ct"]["slices_segmented"] >= 10
-    assert result.report["images_encoded"] <= plain.report["images_encoded"] - result.report["ct"]["slices_segmented"] + 2
+    assert xray == 1 and slices >= result.report["ct"]["slices_segmented"] >= 10
+    # Left to the run: the zoomed crops on the target's small end slices (2 in AP, 4 in LAT).
+    assert result.report["images_encoded"] <= plain.report["images_encoded"] - result.report["ct"]["slices_segmented"] - 1
     assert np.array_equal(result.ct_mask_kji, plain.ct_mask_kji) and np.array_equal(result.xray_mask, plain.xray_mask)
     assert result.registration.report["dice_after"] == plain.registration.report["dice_after"]
+    assert encode_ahead_of_run(segmenter, inputs.xray, None, options) == (0, 0)  # already there: nothing to do
+
+
+def test_what_can_be_encoded_ahead_is_read_from_the_scene_as_apply_reads_it(default_case):
+    """``read_ahead``: nothing before the images; the X-ray alone before a prompt is on the CT; the
+    arrays Apply itself reads (``read_inputs``), so the cache keys match."""
+    from SAMFusionLib.scene.run import SceneInputs, read_ahead, read_inputs
+
+    core = mrml.headless_scene()
+    nodes = add_case_nodes(core.scene, default_case.inputs, "CT", "X-ray")
+    assert read_ahead(None) == (None, None)
+    xray, ct = read_ahead(SceneInputs(None, nodes.xray))
+    assert ct is None and xray.dtype == np.float32
+    empty = core.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "CT points, none placed yet")
+    assert read_ahead(SceneInputs(nodes.ct, None, ct_points=empty))[1] is None
+    xray, (ct_kji, geometry, prompts) = read_ahead(nodes)
+    full = read_inputs(nodes)
+    assert np.array_equal(xray, full.xray) and xray.dtype == full.xray.dtype
+    assert np.array_equal(ct_kji, full.ct_kji) and np.allclose(prompts.roi_corners_ras, full.ct_prompts.roi_corners_ras)
 
 
 def test_sam_on_every_third_ct_slice_with_the_default_model(default_case, default_model):

@@ -10,9 +10,9 @@ embeddings (a new segmenter over the same loaded model), so both do the same wor
 case of the same size would.
 
 Three kinds of session, taken in turn: the model loaded on demand at the first Apply (the front
-ends before ``sam.preload``); loaded ahead when the front end opens; and loaded ahead with the CT's
-slices also encoded ahead once the case is there (``pipeline.encode_ct_ahead`` on a
-``BackgroundJob``, stopped by the Apply, as the web app and the Slicer module do). ``ratio``: first
+ends before ``sam.preload``); loaded ahead when the front end opens; and loaded ahead with the
+X-ray and the CT's slices also encoded ahead once the case is there (``pipeline.encode_ahead_of_run``
+on a ``BackgroundJob``, stopped by the Apply, as the web app and the Slicer module do). ``ratio``: first
 Apply over second (1.00: the first costs nothing extra; below 1: the first costs less than a run
 that encodes everything).
 """
@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-MODES = ("on demand", "preloaded", "preloaded, CT encoded ahead")
+MODES = ("on demand", "preloaded", "preloaded, encoded ahead")
 
 
 def session(model_id: str, mode: str, think_s: float) -> dict:
@@ -35,10 +35,10 @@ def session(model_id: str, mode: str, think_s: float) -> dict:
 
     from SAMFusionLib.background import BackgroundJob
     from SAMFusionLib.cases.demo_case import make_demo_case, tre_mm
-    from SAMFusionLib.pipeline import PipelineOptions, encode_ct_ahead
+    from SAMFusionLib.pipeline import PipelineOptions, encode_ahead_of_run
     from SAMFusionLib.sam.preload import SegmenterLoader, memory_segmenter
     from SAMFusionLib.scene import mrml
-    from SAMFusionLib.scene.run import add_case_nodes, read_ct, run_on_scene
+    from SAMFusionLib.scene.run import add_case_nodes, read_ahead, run_on_scene
 
     torch_before = "torch" in sys.modules
     opened = time.perf_counter()
@@ -50,10 +50,9 @@ def session(model_id: str, mode: str, think_s: float) -> dict:
     case = make_demo_case()
     nodes = add_case_nodes(scene, case.inputs, "phantom CT", "phantom X-ray", "kidney_left")
     ahead = None
-    if mode == "preloaded, CT encoded ahead":
-        ct_kji, geometry, prompts = read_ct(nodes)
-        ahead = BackgroundJob(lambda progress, cancelled: encode_ct_ahead(loader.get(model_id), ct_kji, geometry, prompts, PipelineOptions(),
-                                                                          progress, cancelled))
+    if mode == "preloaded, encoded ahead":
+        xray, ct = read_ahead(nodes)
+        ahead = BackgroundJob(lambda progress, cancelled: encode_ahead_of_run(loader.get(model_id), xray, ct, PipelineOptions(), progress, cancelled))
     time.sleep(max(0.0, think_s - (time.perf_counter() - opened)))  # the user places prompts meanwhile
     loaded_at_click = loader.ready(model_id)
     ahead_done_at_click = ahead is not None and ahead.done()
@@ -72,7 +71,7 @@ def session(model_id: str, mode: str, think_s: float) -> dict:
         applies.append({"seconds": time.perf_counter() - start, "tre_mm": tre_mm(case, result.registration.sitk_transform),
                         "passed": bool(result.registration.passed), "images_encoded": result.report["images_encoded"]})
     return {"torch_imported_before_opening": torch_before, "model_loaded_at_first_click": loaded_at_click,
-            "preload_s": ready_s[0] if ready_s else None, "encoded_ahead": None if ahead is None else ahead.result(),
+            "preload_s": ready_s[0] if ready_s else None, "encoded_ahead": None if ahead is None else ahead.result()[1],
             "ahead_done_at_first_click": ahead_done_at_click, "applies": applies}
 
 

@@ -58,8 +58,32 @@ def read_inputs(nodes: SceneInputs) -> PipelineInputs:
     if nodes.ct is None or nodes.xray is None:
         raise SamFusionError("select both a CT volume and an X-ray image")
     ct_kji, ct_geometry, ct_prompts = read_ct(nodes)
-    xray, xray_plane = mrml.xray_from_volume(nodes.xray)
-    return PipelineInputs(ct_kji, ct_geometry, ct_prompts, xray.astype(np.float32), xray_plane, xray_prompts(nodes, xray_plane))
+    xray, xray_plane = read_xray(nodes)
+    return PipelineInputs(ct_kji, ct_geometry, ct_prompts, xray, xray_plane, xray_prompts(nodes, xray_plane))
+
+
+def read_ahead(nodes: SceneInputs) -> tuple[np.ndarray | None, tuple | None]:
+    """What can be encoded before Apply (``pipeline.encode_ahead_of_run``): the X-ray array, and the
+    CT's (array, geometry, prompts); each None while it (or a prompt on the CT) is not there yet,
+    or its prompts are ones Apply will refuse (Apply says why)."""
+    xray = read_xray(nodes)[0] if nodes is not None and nodes.xray is not None else None
+    ct = None
+    if nodes is not None and nodes.ct is not None and (nodes.ct_points is not None or nodes.ct_roi is not None):
+        try:
+            ct = read_ct(nodes)
+        except SamFusionError:
+            ct = None
+        if ct is not None and not len(ct[2].points_ras) and ct[2].roi_corners_ras is None:
+            ct = None  # the prompt lists are there, still empty
+    return xray, ct
+
+
+def read_xray(nodes: SceneInputs) -> tuple[np.ndarray, Plane]:
+    """The X-ray as the pipeline takes it: (rows, columns) float32, and its plane."""
+    if nodes.xray is None:
+        raise SamFusionError("select an X-ray image")
+    xray, plane = mrml.xray_from_volume(nodes.xray)
+    return xray.astype(np.float32), plane
 
 
 def read_ct(nodes: SceneInputs) -> tuple[np.ndarray, ImageGeometry, VolumePrompts]:

@@ -229,38 +229,36 @@ class SamFusionWebApp:
     # --- encoding ahead ------------------------------------------------------------------------
 
     def _encode_ahead(self) -> None:
-        """Encode the CT's slices for the next Run on a worker thread (``pipeline.encode_ct_ahead``),
-        once the CT and a prompt on it are there and the model is loaded or loading, while the user
-        prompts the X-ray; the Run then only decodes them. A Run stops it first; nothing is started
-        for a model whose weights are still to be downloaded, or prompts the Run would refuse."""
+        """Encode what the next Run will segment on a worker thread (``pipeline.encode_ahead_of_run``):
+        the X-ray once it is loaded, the CT's slices once a prompt is on it, while the user goes on
+        prompting; the Run then only decodes them. A Run stops it first. Nothing is started for a
+        model whose weights are still to be downloaded."""
         from SAMFusionLib.background import BackgroundJob
-        from SAMFusionLib.pipeline import PipelineOptions, encode_ct_ahead
-        from SAMFusionLib.scene.run import read_ct
+        from SAMFusionLib.pipeline import PipelineOptions, encode_ahead_of_run
+        from SAMFusionLib.scene.run import read_ahead
 
         previous = self._stop_ahead()
-        nodes, model_id = self.nodes, self.state.sf_model
-        if nodes is None or nodes.ct is None or not (nodes.ct_points or nodes.ct_roi) or self.loader.preload(model_id) is None:
+        model_id = self.state.sf_model
+        xray, ct = read_ahead(self.nodes)  # here, on the scene's thread
+        if (xray is None and ct is None) or self.loader.preload(model_id) is None:
             return
-        try:
-            ct_kji, geometry, prompts = read_ct(nodes)  # here, on the scene's thread
-        except SamFusionError:
-            return  # the Run will say what is wrong
         options = PipelineOptions(view=self.state.sf_view)
 
         def work(progress, cancelled):
             if previous is not None:
                 previous.join()  # one job on the segmenter at a time
-            return encode_ct_ahead(self.loader.get(model_id), ct_kji, geometry, prompts, options, progress, cancelled)
+            return encode_ahead_of_run(self.loader.get(model_id), xray, ct, options, progress, cancelled)
 
         job = self._ahead = BackgroundJob(work, "samfusion-ahead")
-        self.state.sf_ahead = "encoding the CT's slices ahead of the run"
-        job.add_done_callback(lambda done: self._from_worker(lambda: self._show_ahead(done)))
+        self.state.sf_ahead = "encoding ahead of the run"
+        job.add_done_callback(lambda done: self._from_worker(lambda: self._show_ahead(done, xray is not None)))
 
-    def _show_ahead(self, job) -> None:
+    def _show_ahead(self, job, with_xray: bool) -> None:
         if job is not self._ahead:
             return  # stopped, and perhaps started again: that job's line is shown
         try:
-            self.state.sf_ahead = f"{job.result()} CT slices encoded ahead of the run"
+            _, slices = job.result()
+            self.state.sf_ahead = f"encoded ahead of the run: {'the X-ray, ' if with_xray else ''}{slices} CT slices"
         except Exception as error:  # noqa: BLE001 - the Run meets the same problem and reports it
             self.state.sf_ahead = f"not encoded ahead ({error})"
         self.state.flush()
