@@ -10,9 +10,9 @@ from SAMFusionLib.cli.main import main
 from SAMFusionLib.errors import SamFusionError
 
 
-def test_a_preloaded_session_has_the_model_by_the_first_click_and_one_encoding_ahead_has_the_ct_too():
+def test_a_preloaded_session_has_the_model_by_the_first_click_and_one_encoding_ahead_has_the_images_too():
     # 8 s from opening to the click: the demo model's load (torch's imports included) took about
-    # 3.7 s on the build CPU and its encoding of the CT ahead 0.5 s more, so both are done with room
+    # 3.7 s on the build CPU and its encoding of the images ahead 0.5 s more, so both are done with room
     # to spare even on a loaded machine.
     figures = run_benchmark("samfusion-demo", think_s=8.0, sessions=1)
     on_demand, preloaded, ahead = (figures["modes"][mode] for mode in MODES)
@@ -29,8 +29,8 @@ def test_a_preloaded_session_has_the_model_by_the_first_click_and_one_encoding_a
         assert row["torch_imported_before_opening"] is False
         assert row["passed"] == 2 and row["tre_mm"] < 1.5  # both Applies on the default case, against its truth
         assert row["tre_change_mm"] < 0.05  # the second Apply repeats the first (its prompts pass through the transform: round-off)
-        # Times, so only their sense is checked here (measured: first / second Apply 3.55 / 1.12 s on
-        # demand, 0.91 / 0.89 s preloaded, 0.49 / 0.88 s with the CT encoded ahead).
+        # Times, so only their sense is checked here (measured: first / second Apply 3.56 / 1.19 s on
+        # demand, 1.16 / 1.18 s preloaded, 0.58 / 1.13 s with the images encoded ahead).
         assert 0 < row["second_apply_s"] and 0 < row["ratio"] < 100
     table = format_table(figures).splitlines()
     assert [line.split(" | ")[0] for line in table[-3:]] == [f"| {mode}" for mode in MODES]
