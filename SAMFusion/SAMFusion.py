@@ -129,7 +129,7 @@ class SAMFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._downloadTimer = None
         self._preload = None  # (model id, its load's future) while a preload is shown
         self._preloadTimer = None
-        self._ahead = None  # the CT's slices being encoded ahead (a BackgroundJob)
+        self._ahead = None  # the images being encoded ahead of Apply (a BackgroundJob)
         self._aheadTimer = None
 
     def setup(self):

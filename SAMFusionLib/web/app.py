@@ -68,7 +68,7 @@ class SamFusionWebApp:
         self.loader = SegmenterLoader(memory_segmenter)
         self._model_load = None  # (model id, its preload's future or None)
         self._loop = None  # the server's event loop, once it runs: the preload's end is shown from there
-        self._ahead = None  # the CT's slices being encoded for the next Run (a BackgroundJob), or None
+        self._ahead = None  # the images being encoded for the next Run (a BackgroundJob), or None
         self._cancel = False
         self._progress = ("", 0.0)
         self._task = None
