@@ -92,6 +92,7 @@ class SAMFusionParameterNode:
     projection: Annotated[str, Choice(["parallel", "perspective"])] = "parallel"
     levels: Annotated[int, WithinRange(1, 6)] = 3
     sliceStep: Annotated[int, WithinRange(1, 10)] = 1
+    encodeAhead: bool = True  # the X-ray and the CT's slices encoded while the user places prompts
     applyTransform: bool = True
     boxFallback: bool = True
     # Outputs: None creates new nodes on Apply; a selected node is refilled (the panel's "reuse").
@@ -484,7 +485,12 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         from SAMFusionLib.scene.run import SceneInputs, read_ahead
 
         p = parameterNode
-        if not (p and (p.ct or p.xray)):
+        if not (p and p.encodeAhead):
+            job = self.stopEncodingAhead()  # turned off: what is encoded stays in the cache
+            if job is not None:
+                self._ahead = (None, job)  # turned on again, it starts anew (after this job has stopped)
+            return None
+        if not (p.ct or p.xray):
             return None
         points, _labels = mrml.point_prompts(p.ctPoints, p.ctNegativePoints)
         roi = mrml.roi_corners(p.ctRoi)

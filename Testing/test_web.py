@@ -227,6 +227,27 @@ def test_the_slice_step_chosen_on_the_page_reaches_the_pipeline(page):
     wait_for_state(page, "sf_slice_step", 1, 30)
 
 
+def test_with_encoding_ahead_turned_off_the_run_encodes_its_images_itself(page):
+    """Turned off, nothing is encoded before the Run. In the lateral view, whose CT slices no earlier
+    test's run has seen, the Run then encodes them itself."""
+    page.evaluate("() => window.trame.state.set('sf_encode_ahead', false)")
+    wait_for_state(page, "sf_encode_ahead", False, 30)
+    page.evaluate("() => window.trame.state.set('sf_view', 'LAT')")
+    wait_for_state(page, "sf_view", "LAT", 30)
+    page.click("#sf-load-default")
+    page.wait_for_function("document.querySelector('#sf-scene').innerText.includes('2 volumes, 0 segmentations')", timeout=60000)
+    time.sleep(1.0)
+    assert page.inner_text("#sf-ahead").strip() == ""
+    page.click("#sf-run")
+    page.wait_for_selector("#sf-verdict:visible", timeout=300000)
+    rows = dict(line.split("\t") for line in page.inner_text("#sf-report").splitlines())
+    segmented = int(rows["CT slices: SAM / interpolated"].split(" / ")[0])
+    assert segmented >= 10 and int(rows["images encoded in the run"]) >= segmented  # every CT slice, by the run itself
+    for name, value in (("sf_view", "AP"), ("sf_encode_ahead", True)):  # back for the tests that follow
+        page.evaluate("([name, value]) => window.trame.state.set(name, value)", [name, value])
+        wait_for_state(page, name, value, 30)
+
+
 def test_cancel_during_a_run_leaves_the_scene_as_it_was(page):
     """With the default model (LiteMedSAM, about a second per CT slice) the run is long enough to
     cancel while it segments; the progress bar shows meanwhile."""

@@ -82,11 +82,13 @@ class SamFusionWebApp:
             "sf_report": [], "sf_report_png": "", "sf_has_result": False, "sf_scene": self._scene_summary(),
             "sf_data_ct": uploads.data_choices(self.data_dir, uploads.CT_SUFFIXES), "sf_data_xray": uploads.data_choices(self.data_dir, uploads.XRAY_SUFFIXES),
             "sf_data_ct_pick": None, "sf_data_xray_pick": None, "sf_has_data": self.data_dir is not None, "sf_model_status": "",
-            "sf_ahead": "",
+            "sf_ahead": "", "sf_encode_ahead": True,
         })
         self._model_titles = {model: entry.title for model, entry in table.models.items()}
         # The server's answer to a model choice: the page shows what the next Run will use.
         self.state.change("sf_model")(self._on_model_chosen)
+        # The view decides the CT's slices: another view, other images to encode.
+        self.state.change("sf_encode_ahead", "sf_view")(lambda **_: self._encode_ahead())
         self.ctrl.on_server_ready.add(self._on_server_ready)
         self._on_model_chosen(self.state.sf_model)
         from SAMFusionLib.web.page import build_page
@@ -238,6 +240,9 @@ class SamFusionWebApp:
         from SAMFusionLib.scene.run import read_ahead
 
         previous = self._stop_ahead()
+        if not self.state.sf_encode_ahead:
+            self.state.sf_ahead = ""  # turned off: what is encoded stays in the cache
+            return
         model_id = self.state.sf_model
         xray, ct = read_ahead(self.nodes)  # here, on the scene's thread
         if (xray is None and ct is None) or self.loader.preload(model_id) is None:

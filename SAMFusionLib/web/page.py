@@ -57,6 +57,8 @@ def build_page(app):
                 v.VSelect(label="Projection", items=("sf_projections",), v_model=("sf_projection",), density="compact", disabled=("sf_running",))
                 v.VSelect(label="SAM on every Nth CT slice", items=("sf_slice_steps",), v_model=("sf_slice_step",), density="compact",
                           id="sf-slice-step", disabled=("sf_running",))
+                v.VCheckbox(label="Encode the images while I place prompts", v_model=("sf_encode_ahead",), density="compact",
+                            id="sf-encode-ahead", disabled=("sf_running",), hide_details=True)
                 with html.Div(classes="d-flex ga-2 mt-2"):
                     v.VBtn("Run", id="sf-run", color="primary", click=app.run, disabled=("sf_running",))
                     v.VBtn("Cancel", id="sf-cancel", click=app.cancel, v_show="sf_running")
