@@ -338,6 +338,7 @@ def test_what_can_be_encoded_ahead_is_read_from_the_scene_as_apply_reads_it(defa
     xray, ct = read_ahead(SceneInputs(None, nodes.xray))
     assert ct is None and xray.dtype == np.float32
     empty = core.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "CT points, none placed yet")
+    assert read_ahead(SceneInputs(None, nodes.ct)) == (None, None)  # a CT volume as the X-ray: Apply will say why
     assert read_ahead(SceneInputs(nodes.ct, None, ct_points=empty))[1] is None
     xray, (ct_kji, geometry, prompts) = read_ahead(nodes)
     full = read_inputs(nodes)

@@ -66,8 +66,12 @@ def read_ahead(nodes: SceneInputs) -> tuple[np.ndarray | None, tuple | None]:
     """What can be encoded before Apply (``pipeline.encode_ahead_of_run``): the X-ray array, and the
     CT's (array, geometry, prompts); each None while it (or a prompt on the CT) is not there yet,
     or its prompts are ones Apply will refuse (Apply says why)."""
-    xray = read_xray(nodes)[0] if nodes is not None and nodes.xray is not None else None
-    ct = None
+    xray = ct = None
+    if nodes is not None and nodes.xray is not None:
+        try:
+            xray = read_xray(nodes)[0]
+        except SamFusionError:
+            xray = None  # e.g. a volume of several slices selected as the X-ray: Apply says so
     if nodes is not None and nodes.ct is not None and (nodes.ct_points is not None or nodes.ct_roi is not None):
         try:
             ct = read_ct(nodes)
