@@ -136,6 +136,14 @@ def plan_prompts(prompts: VolumePrompts, geometry: ImageGeometry, axes: SliceAxe
 JUMP_SCORE_KEPT = 0.8
 
 
+def slice_images(volume_kji: np.ndarray, axes: SliceAxes, window: str) -> Callable[[int], np.ndarray]:
+    """index -> the (H, W, 3) uint8 image SAM sees of that slice along ``axes``, with ``window``
+    resolved once for the whole volume. ``segment_volume`` and ``encode_ahead`` both take their
+    images from here: the same bytes, so the same embedding-cache keys."""
+    intensity = resolve_range(volume_kji, window)
+    return lambda index: to_sam_rgb(axes.take(volume_kji, index), intensity)
+
+
 def check_slice_step(slice_step) -> None:
     """A one-line error unless ``slice_step`` is a whole number of slices, at least 1."""
     if isinstance(slice_step, bool) or not isinstance(slice_step, (int, np.integer)) or slice_step < 1:
@@ -218,13 +226,13 @@ def segment_volume(
         raise SamFusionError("a slice step above 1 needs propagation: without it every ROI slice is segmented")
     axes = SliceAxes(slice_axis)
     plan = plan_prompts(prompts, geometry, axes)
-    intensity = resolve_range(volume_kji, window)
+    image_of = slice_images(volume_kji, axes, window)
 
     rgb_cache: dict[int, np.ndarray] = {}
 
     def rgb_of(index: int) -> np.ndarray:
         if index not in rgb_cache:  # each slice is converted once, however often it is visited
-            rgb_cache[index] = to_sam_rgb(axes.take(volume_kji, index), intensity)
+            rgb_cache[index] = image_of(index)
         return rgb_cache[index]
 
     mask = np.zeros(volume_kji.shape, dtype=np.uint8)
@@ -324,7 +332,7 @@ def encode_ahead(
     """
     axes = SliceAxes(slice_axis)
     plan = plan_prompts(prompts, geometry, axes)
-    intensity = resolve_range(volume_kji, window)  # resolved as segment_volume does: the same images, the same keys
+    image_of = slice_images(volume_kji, axes, window)
     order = sorted(range(plan.first, plan.last + 1), key=lambda index: (min(abs(index - seed) for seed in plan.seeds), index))
     encoder = segmenter.model.sam.prompt_encoder
     embedding_bytes = 4 * encoder.embed_dim * encoder.image_embedding_size[0] * encoder.image_embedding_size[1]  # float32
@@ -333,7 +341,7 @@ def encode_ahead(
     for done, index in enumerate(order):
         if cancelled is not None and cancelled():
             break
-        segmenter.embed_many([to_sam_rgb(axes.take(volume_kji, index), intensity)])
+        segmenter.embed_many([image_of(index)])
         if progress is not None:
             progress(done + 1, len(order))
     return segmenter.images_encoded - before
