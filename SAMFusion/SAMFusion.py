@@ -481,8 +481,7 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         ``preload``). The next ``process`` stops it first."""
         from SAMFusionLib.background import BackgroundJob
         from SAMFusionLib.pipeline import PipelineOptions, encode_ahead_of_run
-        from SAMFusionLib.scene import mrml
-        from SAMFusionLib.scene.run import SceneInputs, read_ahead
+        from SAMFusionLib.scene.run import SceneInputs, ahead_key, read_ahead
 
         p = parameterNode
         if not (p and p.encodeAhead):
@@ -492,17 +491,15 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
             return None
         if not (p.ct or p.xray):
             return None
-        points, _labels = mrml.point_prompts(p.ctPoints, p.ctNegativePoints)
-        roi = mrml.roi_corners(p.ctRoi)
-        what = tuple(None if node is None else (node.GetID(), node.GetMTime()) for node in (p.ct, p.xray))
-        what += (points.tobytes(), None if roi is None else roi.tobytes(), p.view, p.model, p.device)
+        nodes = SceneInputs(p.ct, p.xray, p.ctPoints, p.ctNegativePoints, p.ctRoi)
+        what = ahead_key(nodes) + (p.view, p.sliceStep, p.model, p.device)
         if self._ahead is not None and self._ahead[0] == what:
             return None  # already encoded, or under way
-        xray, ct = read_ahead(SceneInputs(p.ct, p.xray, p.ctPoints, p.ctNegativePoints, p.ctRoi))
+        xray, ct = read_ahead(nodes)
         if (xray is None and ct is None) or self.preload(p.model, p.device) is None:
             return None
         previous = self.stopEncodingAhead()
-        options, model, device = PipelineOptions(view=p.view), p.model, p.device
+        options, model, device = PipelineOptions(view=p.view, slice_step=p.sliceStep), p.model, p.device
 
         def work(progress, cancelled):
             if previous is not None:

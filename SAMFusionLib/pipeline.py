@@ -362,7 +362,7 @@ def encode_ct_ahead(segmenter: Segmenter, ct_kji: np.ndarray, ct_geometry: Image
     (``volume.encode_ahead`` on the pipeline's view grid and window); returns the images encoded.
     A front end calls it once the CT and its prompts are there, while the X-ray is still being prompted."""
     grid, ct_view, axis = ct_view_grid(ct_kji, ct_geometry, options.view)
-    return encode_ahead(segmenter, ct_view, grid, ct_prompts, axis, options.ct_window, progress, cancelled)
+    return encode_ahead(segmenter, ct_view, grid, ct_prompts, axis, options.ct_window, options.slice_step, progress, cancelled)
 
 
 def ct_view_grid(ct_kji: np.ndarray, geometry: ImageGeometry, view: str = "AP") -> tuple[ImageGeometry, np.ndarray, int]:

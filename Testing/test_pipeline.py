@@ -346,6 +346,41 @@ def test_what_can_be_encoded_ahead_is_read_from_the_scene_as_apply_reads_it(defa
     assert np.array_equal(ct_kji, full.ct_kji) and np.allclose(prompts.roi_corners_ras, full.ct_prompts.roi_corners_ras)
 
 
+def test_the_key_of_what_is_encoded_ahead_changes_with_the_ct_and_its_prompts_only(default_case):
+    """``ahead_key``: the front ends start encoding ahead anew only when it changes. A CT point moved,
+    added or turned negative, the ROI moved, the CT's voxels changed, another X-ray: a new key. A
+    prompt placed on the X-ray, or nothing at all: the same key."""
+    import vtk
+    from vtk.util import numpy_support
+
+    from SAMFusionLib.scene.run import SceneInputs, ahead_key
+
+    core = mrml.headless_scene()
+    nodes = add_case_nodes(core.scene, default_case.inputs, "CT", "X-ray")
+    key = ahead_key(nodes)
+    assert ahead_key(nodes) == key and ahead_key(None) != key
+    nodes.xray_points.AddControlPoint(vtk.vtkVector3d(1.0, 2.0, 3.0))  # an X-ray prompt: the same images to encode
+    assert ahead_key(nodes) == key
+
+    changes = []
+    point = nodes.ct_points.GetNthControlPointPositionVector(0)
+    nodes.ct_points.SetNthControlPointPosition(0, point[0] + 2.0, point[1], point[2])
+    changes.append(ahead_key(nodes))
+    nodes.ct_points.SetNthControlPointSelected(0, False)  # a negative point
+    changes.append(ahead_key(nodes))
+    center = [0.0, 0.0, 0.0]
+    nodes.ct_roi.GetCenter(center)
+    nodes.ct_roi.SetCenter(*(np.asarray(center) + 3.0))
+    changes.append(ahead_key(nodes))
+    image = nodes.ct.GetImageData()  # the CT's voxels changed in place, as a filter may change them
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] += 1
+    image.Modified()
+    changes.append(ahead_key(nodes))
+    other = mrml.add_image_2d(core.scene, default_case.inputs.xray, default_case.inputs.xray_plane, "another X-ray")
+    changes.append(ahead_key(SceneInputs(nodes.ct, other, nodes.ct_points, ct_roi=nodes.ct_roi)))
+    assert len({key, *changes}) == 1 + len(changes)
+
+
 def test_sam_on_every_third_ct_slice_with_the_default_model(default_case, default_model):
     """``slice_step=3``: the encoder runs on about half as many images (measured 16 against 32),
     the other CT slices are interpolated, and the result barely moves (CT Dice against the truth

@@ -243,6 +243,40 @@ def test_slices_encoded_ahead_are_the_ones_the_segmentation_uses(demo_model, tmp
     assert encode_ahead(ahead, volume, geometry, prompts, slice_axis=2) == 0  # nothing new to encode
 
 
+def test_with_a_slice_step_the_slices_the_propagation_lands_on_are_encoded_ahead_first(demo_model, tmp_path):
+    """With ``slice_step`` 3 the run segments every third slice from the seed and interpolates most
+    of the rest: encoding ahead takes those slices and the ROI's ends first, then the others (SAM
+    visits some near the target's ends one by one); the run after it encodes nothing."""
+    from SAMFusionLib.imaging.intensity import resolve_range, to_sam_rgb
+    from SAMFusionLib.sam.embedding_cache import image_key
+    from SAMFusionLib.sam.volume import encode_ahead
+
+    volume, geometry, center_ras = sphere_volume(DIRECTIONS["oblique"], tmp_path)
+    low, high = CENTER_IJK - 9, CENTER_IJK + 9
+    corners_ijk = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
+    prompts = VolumePrompts(center_ras[None], np.array([1]), geometry.ijk_to_ras_points(corners_ijk))
+    expected = segment_volume(Segmenter(demo_model), volume, geometry, prompts, slice_axis=2, zoom="off", slice_step=3)
+    assert expected.interpolated  # the step was taken
+
+    plan = plan_prompts(prompts, geometry, SliceAxes(2))
+    (seed,) = plan.seeds
+    lattice = {index for index in range(plan.first, plan.last + 1) if (index - seed) % 3 == 0} | {plan.first, plan.last}
+    ahead = Segmenter(demo_model)
+    first = encode_ahead(ahead, volume, geometry, prompts, slice_axis=2, slice_step=3, cancelled=lambda: ahead.images_encoded >= len(lattice))
+    assert first == len(lattice) == 7
+    intensity = resolve_range(volume, "auto")
+    cached = {index for index in range(plan.first, plan.last + 1)
+              if ahead.cache.get(image_key(ahead.cache_id, to_sam_rgb(SliceAxes(2).take(volume, index), intensity)), "cpu") is not None}
+    assert cached == lattice
+    rest = encode_ahead(ahead, volume, geometry, prompts, slice_axis=2, slice_step=3)
+    assert first + rest == plan.last - plan.first + 1
+    result = segment_volume(ahead, volume, geometry, prompts, slice_axis=2, zoom="off", slice_step=3)
+    assert ahead.images_encoded == first + rest  # the run found every slice in the cache
+    assert np.array_equal(result.mask_kji, expected.mask_kji) and result.slice_scores == expected.slice_scores
+    with pytest.raises(SamFusionError, match="slice step"):
+        encode_ahead(ahead, volume, geometry, prompts, slice_axis=2, slice_step=0)
+
+
 def test_encoding_ahead_stops_between_slices_when_cancelled_and_starts_at_the_seed(demo_model, tmp_path):
     from SAMFusionLib.imaging.intensity import resolve_range, to_sam_rgb
     from SAMFusionLib.sam.embedding_cache import image_key

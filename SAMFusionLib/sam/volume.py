@@ -317,14 +317,18 @@ def encode_ahead(
     prompts: VolumePrompts,
     slice_axis: int = 2,
     window: str = "auto",
+    slice_step: int = 1,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> int:
     """Put in ``segmenter``'s cache the embeddings of the slices that ``segment_volume`` with the same
     arguments may visit, most likely first: the seed slices, then the rest of the ROI's slices (the
     volume's, without an ROI) by their distance from the nearest seed, as many as fill
-    ``AHEAD_CACHE_SHARE`` of its cache. Returns how many images were encoded; stops quietly between
-    slices once ``cancelled()`` is true.
+    ``AHEAD_CACHE_SHARE`` of its cache. With a ``slice_step`` N > 1 the slices the propagation lands
+    on come first: every Nth from each seed, and the range's two ends (a jump is cut short there).
+    The others follow, as time allows: the run interpolates most of them, but SAM visits those
+    near the target's ends one by one after a failed jump, and which ones depends on its answers.
+    Returns how many images were encoded; stops quietly between slices once ``cancelled()`` is true.
 
     What a front end runs while the user places the X-ray's prompts: the run that follows finds the
     CT's slices in the cache and only decodes them. Zoomed crops depend on SAM's answers and are
@@ -333,7 +337,10 @@ def encode_ahead(
     axes = SliceAxes(slice_axis)
     plan = plan_prompts(prompts, geometry, axes)
     image_of = slice_images(volume_kji, axes, window)
+    check_slice_step(slice_step)
     order = sorted(range(plan.first, plan.last + 1), key=lambda index: (min(abs(index - seed) for seed in plan.seeds), index))
+    if slice_step > 1:  # a stable sort: the landing slices first, each group still by distance
+        order.sort(key=lambda index: not (index in (plan.first, plan.last) or any((index - seed) % slice_step == 0 for seed in plan.seeds)))
     encoder = segmenter.model.sam.prompt_encoder
     embedding_bytes = 4 * encoder.embed_dim * encoder.image_embedding_size[0] * encoder.image_embedding_size[1]  # float32
     order = order[: max(1, int(AHEAD_CACHE_SHARE * segmenter.cache.max_bytes) // embedding_bytes)]

@@ -82,6 +82,26 @@ def read_ahead(nodes: SceneInputs) -> tuple[np.ndarray | None, tuple | None]:
     return xray, ct
 
 
+def ahead_key(nodes: SceneInputs | None) -> tuple:
+    """What ``read_ahead`` reads, as a value that changes when any of it does: the CT and X-ray nodes
+    (ID, node and voxel modification times) and the CT's prompts. A front end restarts encoding
+    ahead only when this (with the run's options and model) changes: reading and resampling the CT
+    again for an X-ray prompt, or for a click that moved nothing, would only repeat work."""
+    if nodes is None:
+        return (None,)
+
+    def node_key(node):
+        if node is None:
+            return None
+        image = node.GetImageData() if hasattr(node, "GetImageData") else None
+        return node.GetID(), node.GetMTime(), None if image is None else image.GetMTime()
+
+    points_ras, labels = mrml.point_prompts(nodes.ct_points, nodes.ct_negative_points)
+    roi = mrml.roi_corners(nodes.ct_roi)
+    return (node_key(nodes.ct), node_key(nodes.xray), np.asarray(points_ras, float).tobytes(), np.asarray(labels).tobytes(),
+            None if roi is None else np.asarray(roi, float).tobytes())
+
+
 def read_xray(nodes: SceneInputs) -> tuple[np.ndarray, Plane]:
     """The X-ray as the pipeline takes it: (rows, columns) float32, and its plane."""
     if nodes.xray is None:

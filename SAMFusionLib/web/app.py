@@ -69,6 +69,7 @@ class SamFusionWebApp:
         self._model_load = None  # (model id, its preload's future or None)
         self._loop = None  # the server's event loop, once it runs: the preload's end is shown from there
         self._ahead = None  # the images being encoded for the next Run (a BackgroundJob), or None
+        self._ahead_what = None  # what that job encodes (``scene.run.ahead_key`` and the run's options)
         self._cancel = False
         self._progress = ("", 0.0)
         self._task = None
@@ -88,7 +89,7 @@ class SamFusionWebApp:
         # The server's answer to a model choice: the page shows what the next Run will use.
         self.state.change("sf_model")(self._on_model_chosen)
         # The view decides the CT's slices: another view, other images to encode.
-        self.state.change("sf_encode_ahead", "sf_view")(lambda **_: self._encode_ahead())
+        self.state.change("sf_encode_ahead", "sf_view", "sf_slice_step")(lambda **_: self._encode_ahead())
         self.ctrl.on_server_ready.add(self._on_server_ready)
         self._on_model_chosen(self.state.sf_model)
         from SAMFusionLib.web.page import build_page
@@ -237,17 +238,20 @@ class SamFusionWebApp:
         model whose weights are still to be downloaded."""
         from SAMFusionLib.background import BackgroundJob
         from SAMFusionLib.pipeline import PipelineOptions, encode_ahead_of_run
-        from SAMFusionLib.scene.run import read_ahead
+        from SAMFusionLib.scene.run import ahead_key, read_ahead
 
+        model_id, view, slice_step = self.state.sf_model, self.state.sf_view, int(self.state.sf_slice_step)
+        what = ahead_key(self.nodes) + (view, slice_step, model_id)
+        if self.state.sf_encode_ahead and self._ahead is not None and self._ahead_what == what:
+            return  # already encoded, or under way: e.g. a prompt placed on the X-ray
         previous = self._stop_ahead()
         if not self.state.sf_encode_ahead:
             self.state.sf_ahead = ""  # turned off: what is encoded stays in the cache
             return
-        model_id = self.state.sf_model
         xray, ct = read_ahead(self.nodes)  # here, on the scene's thread
         if (xray is None and ct is None) or self.loader.preload(model_id) is None:
             return
-        options = PipelineOptions(view=self.state.sf_view)
+        options = PipelineOptions(view=view, slice_step=slice_step)
 
         def work(progress, cancelled):
             if previous is not None:
@@ -255,6 +259,7 @@ class SamFusionWebApp:
             return encode_ahead_of_run(self.loader.get(model_id), xray, ct, options, progress, cancelled)
 
         job = self._ahead = BackgroundJob(work, "samfusion-ahead")
+        self._ahead_what = what
         self.state.sf_ahead = "encoding ahead of the run"
         job.add_done_callback(lambda done: self._from_worker(lambda: self._show_ahead(done, xray is not None)))
 
