@@ -448,11 +448,10 @@ def test_run_without_arguments_writes_the_default_case(tmp_path, capsys, monkeyp
 
 def write_case_files(folder, case=None):
     """A case (default: the default case) as files, written by MRML: CT.nrrd, X-ray.nrrd and the prompts' .mrk.json."""
+    from SAMFusionLib.batch.cohort import write_case_files as write_files
+
     case = case or make_demo_case()
-    core = mrml.headless_scene()
-    add_case_nodes(core.scene, case.inputs, "CT", "X-ray", "kidney")
-    folder.mkdir()
-    mrml.save_scene(core.scene, folder)
+    write_files(case, folder)
     return case
 
 
@@ -469,6 +468,13 @@ def test_run_from_files_with_markups_prompts(tmp_path, demo_model):
     # The same prompts through files give the same CT mask as in memory.
     in_memory = run_pipeline(Segmenter(demo_model), case.inputs)
     assert report["ct"]["mask_voxels"] == int(in_memory.ct_mask_kji.sum())
+    # The CT is saved as a copy of its file, not encoded again (a clinical CT took 4 s to write), and
+    # the saved scene reads it back as the same volume.
+    assert (out / "CT.nrrd").read_bytes() == (inputs_dir / "CT.nrrd").read_bytes()
+    saved = mrml.load_scene(out / "SAMFusion.mrml")
+    ct_kji, ct_geometry = mrml.array_from_volume(saved.scene.GetFirstNodeByName("CT"))
+    assert np.array_equal(ct_kji, case.inputs.ct_kji) and np.allclose(ct_geometry.ijk_to_ras, case.inputs.ct_geometry.ijk_to_ras)
+    assert "CT.nrrd" in report["files"]
 
 
 def test_run_on_files_falls_back_on_the_boxes_unless_told_not_to(tmp_path, abdomen_run, capsys):

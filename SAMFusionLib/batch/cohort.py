@@ -184,26 +184,36 @@ def _remove_stale_staging(out: Path, rows: list[CaseRow]) -> None:
                 shutil.rmtree(stale, ignore_errors=True)
 
 
+def write_case_files(case, folder: Path) -> dict:
+    """A generated case (``DemoCase``) as the files a user passes: ``CT.nrrd``, ``X-ray.nrrd``, the
+    prompts as Slicer markups and ``truth.json`` (``landmark_tre_mm``'s points) in ``folder``;
+    returns {"ct", "xray", "prompts": [...], "truth"} paths."""
+    from SAMFusionLib.scene import mrml
+    from SAMFusionLib.scene.run import add_case_nodes
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    core = mrml.headless_scene()
+    add_case_nodes(core.scene, case.inputs, "CT", "X-ray", "kidney")
+    mrml.save_scene(core.scene, folder)
+    expected = [case.truth.TransformPoint(tuple(p)) for p in case.test_points]
+    (folder / "truth.json").write_text(json.dumps({"points_mm": case.test_points.tolist(), "expected_mm": expected}))
+    prompts = [folder / f"{stem}.mrk.json" for stem in ("CT_points", "CT_ROI", "X-ray_points", "X-ray_ROI")]
+    return {"ct": folder / "CT.nrrd", "xray": folder / "X-ray.nrrd", "prompts": prompts, "truth": folder / "truth.json"}
+
+
 def write_sample_cohort(folder: Path, count: int, first_seed: int = 5) -> Path:
     """``count`` generated cases (the default case's generator, seeds ``first_seed``...) as files,
     each with its truth, and their ``CASES.csv``; returns the CSV's path."""
     from SAMFusionLib.cases.demo_case import make_demo_case
-    from SAMFusionLib.scene import mrml
-    from SAMFusionLib.scene.run import add_case_nodes
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["case,ct,xray,prompts,truth"]
     for seed in range(first_seed, first_seed + count):
         name = f"case-{seed:03d}"
-        case = make_demo_case(seed)
-        core = mrml.headless_scene()
-        add_case_nodes(core.scene, case.inputs, "CT", "X-ray", "kidney")
-        (folder / name).mkdir(exist_ok=True)
-        mrml.save_scene(core.scene, folder / name)
-        expected = [case.truth.TransformPoint(tuple(p)) for p in case.test_points]
-        (folder / name / "truth.json").write_text(json.dumps({"points_mm": case.test_points.tolist(), "expected_mm": expected}))
-        prompts = ";".join(f"{name}/{stem}.mrk.json" for stem in ("CT_points", "CT_ROI", "X-ray_points", "X-ray_ROI"))
+        files = write_case_files(make_demo_case(seed), folder / name)
+        prompts = ";".join(f"{name}/{path.name}" for path in files["prompts"])
         lines.append(f"{name},{name}/CT.nrrd,{name}/X-ray.nrrd,{prompts},{name}/truth.json")
     (folder / "CASES.csv").write_text("\n".join(lines) + "\n")
     return folder / "CASES.csv"

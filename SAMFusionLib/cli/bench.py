@@ -31,6 +31,14 @@ def cmd_bench(args) -> int:
         figures = run_benchmark(args.model or load_table().default, args.think_s, args.sessions)
         print(json.dumps(figures) if args.json else format_table(figures))
         return 0
+    if args.what == "ct-size":
+        from SAMFusionLib.bench.ct_size import format_table, run_benchmark
+        from SAMFusionLib.sam.models import load_table
+
+        sizes = [size for size in args.sizes.split(",") if size]
+        figures = run_benchmark(args.model or load_table().default, sizes, args.seed, args.slice_step)
+        print(json.dumps(figures) if args.json else format_table(figures))
+        return 0
     if args.what == "register":
         from SAMFusionLib.bench.register import format_table, make_cases, run_benchmark
         from SAMFusionLib.bench.register_scale import cold_figures, format_sweep, size_sweep
@@ -102,7 +110,7 @@ def _models(args) -> list[tuple[str | None, object]]:
 
 def add_parser(commands) -> None:
     bench = commands.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=["segment", "fuse", "register", "demo-model", "batch", "slice-step", "first-apply"])
+    bench.add_argument("what", choices=["segment", "fuse", "register", "demo-model", "batch", "slice-step", "first-apply", "ct-size"])
     bench.add_argument("--cases", type=int, help="register: number of cases (default 20); slice-step: phantom cases (default 8)")
     bench.add_argument("--steps", default="1,2,3,4", help="slice-step: the slice steps to compare, 1 included (default 1,2,3,4)")
     bench.add_argument("--no-cold", dest="cold", action="store_false", help="register: skip the cold column (a fresh process per case)")
@@ -110,6 +118,10 @@ def add_parser(commands) -> None:
     bench.add_argument("--think-s", type=float, default=5.0,
                        help="first-apply: seconds from the front end's opening to the first Apply (loading the case, placing prompts; default 5)")
     bench.add_argument("--sessions", type=int, default=2, help="first-apply: fresh-process sessions of each kind (default 2)")
+    bench.add_argument("--sizes", default="stored,clinical",
+                       help="ct-size: the abdomen CT as stored (3 mm) and/or resampled to a clinical 512 x 512 x 1.5 mm (default both)")
+    bench.add_argument("--seed", type=int, default=1, help="ct-size: the end-to-end case's seed (default 1)")
+    bench.add_argument("--slice-step", type=int, default=1, help="ct-size: samfusion run's --slice-step (default 1)")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.add_argument("--images", type=int, default=24, help="batch: shared kidney-stone images to annotate (default 24)")
     bench.add_argument("--workers", type=int, default=2, help="batch: local Dask worker processes against serial (default 2)")

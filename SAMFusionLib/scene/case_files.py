@@ -40,6 +40,8 @@ def load_file_case(scene, ct_path: Path, xray_path: Path, prompt_paths: list[Pat
     ct_kji, ct_geometry = read_volume_or_slice(ct_path)
     xray_image = read_image_2d(xray_path)
     ct = mrml.add_volume(scene, ct_kji, ct_geometry, Path(ct_path).name.split(".")[0] or "CT")
+    if ct_kji.shape[0] > 1 and mrml.linkable_suffix(ct_path):  # a volume as the file holds it: saved as a copy of the file
+        ct.SetAttribute(mrml.SOURCE_FILE_ATTRIBUTE, str(Path(ct_path).resolve()))
     xray = mrml.add_image_2d(scene, grey_array(xray_image), Plane.from_geometry(xray_image.geometry), Path(xray_path).name.split(".")[0] or "X-ray")
     markups = [mrml.load_markups(scene, path) for path in prompt_paths]
     if not markups:

@@ -19,6 +19,7 @@ and headless.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -396,9 +397,24 @@ STORAGE_SUFFIX = {
 }
 
 
+# A volume node read unchanged from a single-file image sets this attribute to that file's path:
+# ``save_scene`` then copies the file instead of encoding the voxels again. A clinical CT (512 x 512
+# x 224 float32) took 4.0 s to write compressed. A copy, not a hard link: a tool that rewrites the
+# input in place (SimpleITK's writer truncates the same file) would change the saved scene with it.
+SOURCE_FILE_ATTRIBUTE = "SAMFusion.SourceFile"
+LINKABLE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")  # one file holds header and voxels
+
+
+def linkable_suffix(path: Path) -> str | None:
+    """The suffix under which a copy of ``path`` can stand for a volume node in a saved scene, or None."""
+    name = Path(path).name.lower()
+    return next((suffix for suffix in LINKABLE_SUFFIXES if name.endswith(suffix)), None)
+
+
 def save_scene(scene, folder: Path, scene_name: str = "scene.mrml") -> list[Path]:
     """Write every storable node to ``folder`` (one file each, named after the node) and the
-    ``.mrml`` that references them; returns the written paths. The folder must exist."""
+    ``.mrml`` that references them; returns the written paths. The folder must exist. A node
+    with ``SOURCE_FILE_ATTRIBUTE`` gets a copy of its source file, under its own name."""
     folder = Path(folder)
     written = []
     used = set()
@@ -406,7 +422,9 @@ def save_scene(scene, folder: Path, scene_name: str = "scene.mrml") -> list[Path
         node = scene.GetNthNode(index)
         if not node.IsA("vtkMRMLStorableNode") or node.GetHideFromEditors():
             continue
-        suffix = STORAGE_SUFFIX.get(node.GetClassName(), ".nrrd")
+        source = node.GetAttribute(SOURCE_FILE_ATTRIBUTE)
+        source = Path(source) if source and linkable_suffix(source) and Path(source).is_file() else None
+        suffix = linkable_suffix(source) if source is not None else STORAGE_SUFFIX.get(node.GetClassName(), ".nrrd")
         stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in node.GetName()) or node.GetID()
         while stem in used:
             stem += "_"
@@ -416,7 +434,9 @@ def save_scene(scene, folder: Path, scene_name: str = "scene.mrml") -> list[Path
             node.AddDefaultStorageNode()
         storage = node.GetStorageNode()
         storage.SetFileName(str(path))
-        if not storage.WriteData(node):
+        if source is not None:
+            shutil.copyfile(source, path)
+        elif not storage.WriteData(node):
             raise SamFusionError(f"could not write {path.name}")
         written.append(path)
     scene.SetRootDirectory(str(folder))
