@@ -448,7 +448,7 @@ def test_run_without_arguments_writes_the_default_case(tmp_path, capsys, monkeyp
 
 def write_case_files(folder, case=None):
     """A case (default: the default case) as files, written by MRML: CT.nrrd, X-ray.nrrd and the prompts' .mrk.json."""
-    from SAMFusionLib.batch.cohort import write_case_files as write_files
+    from SAMFusionLib.scene.case_files import write_case_files as write_files
 
     case = case or make_demo_case()
     write_files(case, folder)

@@ -29,8 +29,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from SAMFusionLib.errors import Cancelled, SamFusionError
 from SAMFusionLib.imaging.atomic import atomic_path
 
@@ -76,23 +74,10 @@ def read_cases(csv_path: Path) -> list[CaseRow]:
     return rows
 
 
-def landmark_tre_mm(sitk_transform, truth_path: Path) -> float:
-    """Mean distance (mm) between where the transform puts the truth's ``points_mm`` and ``expected_mm``."""
-    try:
-        truth = json.loads(Path(truth_path).read_text())
-        points, expected = np.asarray(truth["points_mm"], float), np.asarray(truth["expected_mm"], float)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise SamFusionError(f"cannot read the truth file {truth_path}: {error}") from None
-    if points.ndim != 2 or points.shape[1] != 2 or points.shape != expected.shape or not len(points):
-        raise SamFusionError(f"truth file {truth_path}: points_mm and expected_mm must be the same (N, 2) lists")
-    estimated = np.array([sitk_transform.TransformPoint(tuple(p)) for p in points])
-    return float(np.linalg.norm(estimated - expected, axis=1).mean())
-
-
 def run_case(row: CaseRow, segmenter, options, out_root: Path) -> dict:
     """Run the pipeline on one case into ``out_root/<case>``; returns its summary row."""
     from SAMFusionLib.scene import mrml
-    from SAMFusionLib.scene.case_files import load_file_case, model_report, write_outputs
+    from SAMFusionLib.scene.case_files import landmark_tre_mm, load_file_case, model_report, write_outputs
     from SAMFusionLib.scene.run import run_on_scene
 
     for path in (row.ct, row.xray, *row.prompts, *([row.truth] if row.truth else [])):
@@ -184,28 +169,11 @@ def _remove_stale_staging(out: Path, rows: list[CaseRow]) -> None:
                 shutil.rmtree(stale, ignore_errors=True)
 
 
-def write_case_files(case, folder: Path) -> dict:
-    """A generated case (``DemoCase``) as the files a user passes: ``CT.nrrd``, ``X-ray.nrrd``, the
-    prompts as Slicer markups and ``truth.json`` (``landmark_tre_mm``'s points) in ``folder``;
-    returns {"ct", "xray", "prompts": [...], "truth"} paths."""
-    from SAMFusionLib.scene import mrml
-    from SAMFusionLib.scene.run import add_case_nodes
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    core = mrml.headless_scene()
-    add_case_nodes(core.scene, case.inputs, "CT", "X-ray", "kidney")
-    mrml.save_scene(core.scene, folder)
-    expected = [case.truth.TransformPoint(tuple(p)) for p in case.test_points]
-    (folder / "truth.json").write_text(json.dumps({"points_mm": case.test_points.tolist(), "expected_mm": expected}))
-    prompts = [folder / f"{stem}.mrk.json" for stem in ("CT_points", "CT_ROI", "X-ray_points", "X-ray_ROI")]
-    return {"ct": folder / "CT.nrrd", "xray": folder / "X-ray.nrrd", "prompts": prompts, "truth": folder / "truth.json"}
-
-
 def write_sample_cohort(folder: Path, count: int, first_seed: int = 5) -> Path:
     """``count`` generated cases (the default case's generator, seeds ``first_seed``...) as files,
     each with its truth, and their ``CASES.csv``; returns the CSV's path."""
     from SAMFusionLib.cases.demo_case import make_demo_case
+    from SAMFusionLib.scene.case_files import write_case_files
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

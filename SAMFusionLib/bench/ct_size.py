@@ -89,13 +89,12 @@ def run_cold(files: dict, out: Path, cache: Path, model_id: str, slice_step: int
 
 def quality(case, files: dict, cache: Path, model, slice_step: int) -> dict:
     """The files through the engine in this process, over the embedding cache in ``cache``."""
-    from SAMFusionLib.batch.cohort import landmark_tre_mm
     from SAMFusionLib.imaging.metrics import dice
     from SAMFusionLib.pipeline import PipelineOptions
     from SAMFusionLib.sam.embedding_cache import EmbeddingCache
     from SAMFusionLib.sam.segmenter import Segmenter
     from SAMFusionLib.scene import mrml
-    from SAMFusionLib.scene.case_files import load_file_case
+    from SAMFusionLib.scene.case_files import landmark_tre_mm, load_file_case
     from SAMFusionLib.scene.run import run_on_scene
 
     segmenter = Segmenter(model, EmbeddingCache(disk_dir=cache / "embeddings"))
@@ -113,9 +112,9 @@ def quality(case, files: dict, cache: Path, model, slice_step: int) -> dict:
 
 def run_benchmark(model_id: str, sizes=SIZES, seed: int = 1, slice_step: int = 1) -> dict:
     """The figures of each size in ``sizes`` (see the module docstring)."""
-    from SAMFusionLib.batch.cohort import write_case_files
     from SAMFusionLib.sam.models import load_model, load_table
     from SAMFusionLib.sam.volume import check_slice_step
+    from SAMFusionLib.scene.case_files import write_case_files
 
     unknown = [size for size in sizes if size not in SIZES]
     if unknown or not sizes:

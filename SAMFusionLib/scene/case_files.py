@@ -10,6 +10,9 @@ point lists or ROIs) are assigned by name, file name first, then the markups nod
 
 The outputs (``write_outputs``): every node MRML can store, the ``.mrml`` scene, ``report.json``
 and ``report.png``, written into a staging folder and moved into place only when complete.
+
+A generated case with its truth (``write_case_files``; its ``truth.json`` gives ``landmark_tre_mm``
+its points): what the sample cohort, the CT-size benchmark and the tests pass to the commands.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def load_file_case(scene, ct_path: Path, xray_path: Path, prompt_paths: list[Pat
     ct_kji, ct_geometry = read_volume_or_slice(ct_path)
     xray_image = read_image_2d(xray_path)
     ct = mrml.add_volume(scene, ct_kji, ct_geometry, Path(ct_path).name.split(".")[0] or "CT")
-    if ct_kji.shape[0] > 1 and mrml.linkable_suffix(ct_path):  # a volume as the file holds it: saved as a copy of the file
+    if ct_kji.shape[0] > 1 and mrml.copyable_suffix(ct_path):  # a volume as the file holds it: saved as a copy of the file
         ct.SetAttribute(mrml.SOURCE_FILE_ATTRIBUTE, str(Path(ct_path).resolve()))
     xray = mrml.add_image_2d(scene, grey_array(xray_image), Plane.from_geometry(xray_image.geometry), Path(xray_path).name.split(".")[0] or "X-ray")
     markups = [mrml.load_markups(scene, path) for path in prompt_paths]
@@ -129,3 +132,33 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def write_case_files(case, folder: Path) -> dict:
+    """A generated case (``DemoCase``) as the files a user passes: ``CT.nrrd``, ``X-ray.nrrd``, the
+    prompts as Slicer markups and ``truth.json`` (``landmark_tre_mm``'s points) in ``folder``;
+    returns {"ct", "xray", "prompts": [...], "truth"} paths."""
+    from SAMFusionLib.scene.run import add_case_nodes
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    core = mrml.headless_scene()
+    add_case_nodes(core.scene, case.inputs, "CT", "X-ray", "kidney")
+    mrml.save_scene(core.scene, folder)
+    expected = [case.truth.TransformPoint(tuple(p)) for p in case.test_points]
+    (folder / "truth.json").write_text(json.dumps({"points_mm": case.test_points.tolist(), "expected_mm": expected}))
+    prompts = [folder / f"{stem}.mrk.json" for stem in ("CT_points", "CT_ROI", "X-ray_points", "X-ray_ROI")]
+    return {"ct": folder / "CT.nrrd", "xray": folder / "X-ray.nrrd", "prompts": prompts, "truth": folder / "truth.json"}
+
+
+def landmark_tre_mm(sitk_transform, truth_path: Path) -> float:
+    """Mean distance (mm) between where the transform puts the truth's ``points_mm`` and ``expected_mm``."""
+    try:
+        truth = json.loads(Path(truth_path).read_text())
+        points, expected = np.asarray(truth["points_mm"], float), np.asarray(truth["expected_mm"], float)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SamFusionError(f"cannot read the truth file {truth_path}: {error}") from None
+    if points.ndim != 2 or points.shape[1] != 2 or points.shape != expected.shape or not len(points):
+        raise SamFusionError(f"truth file {truth_path}: points_mm and expected_mm must be the same (N, 2) lists")
+    estimated = np.array([sitk_transform.TransformPoint(tuple(p)) for p in points])
+    return float(np.linalg.norm(estimated - expected, axis=1).mean())

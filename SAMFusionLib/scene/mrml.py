@@ -388,27 +388,19 @@ def node_ids(scene) -> list[str]:
     return [scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())]
 
 
-STORAGE_SUFFIX = {
-    "vtkMRMLSegmentationNode": ".seg.nrrd",
-    "vtkMRMLLinearTransformNode": ".h5",
-    "vtkMRMLGridTransformNode": ".h5",
-    "vtkMRMLMarkupsFiducialNode": ".mrk.json",
-    "vtkMRMLMarkupsROINode": ".mrk.json",
-}
+STORAGE_SUFFIX = {"vtkMRMLSegmentationNode": ".seg.nrrd", "vtkMRMLLinearTransformNode": ".h5", "vtkMRMLGridTransformNode": ".h5",
+                  "vtkMRMLMarkupsFiducialNode": ".mrk.json", "vtkMRMLMarkupsROINode": ".mrk.json"}
 
 
-# A volume node read unchanged from a single-file image sets this attribute to that file's path:
-# ``save_scene`` then copies the file instead of encoding the voxels again. A clinical CT (512 x 512
-# x 224 float32) took 4.0 s to write compressed. A copy, not a hard link: a tool that rewrites the
-# input in place (SimpleITK's writer truncates the same file) would change the saved scene with it.
+# A volume node read unchanged from a one-file image (header and voxels together) names the file in
+# this attribute, and ``save_scene`` copies the file instead of encoding the voxels again (a clinical
+# CT took 4.0 s to write compressed). Not a hard link: a rewrite of the input in place would show.
 SOURCE_FILE_ATTRIBUTE = "SAMFusion.SourceFile"
-LINKABLE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")  # one file holds header and voxels
 
 
-def linkable_suffix(path: Path) -> str | None:
+def copyable_suffix(path) -> str | None:
     """The suffix under which a copy of ``path`` can stand for a volume node in a saved scene, or None."""
-    name = Path(path).name.lower()
-    return next((suffix for suffix in LINKABLE_SUFFIXES if name.endswith(suffix)), None)
+    return next((suffix for suffix in (".nrrd", ".nii", ".nii.gz", ".mha") if Path(path).name.lower().endswith(suffix)), None)
 
 
 def save_scene(scene, folder: Path, scene_name: str = "scene.mrml") -> list[Path]:
@@ -416,15 +408,14 @@ def save_scene(scene, folder: Path, scene_name: str = "scene.mrml") -> list[Path
     ``.mrml`` that references them; returns the written paths. The folder must exist. A node
     with ``SOURCE_FILE_ATTRIBUTE`` gets a copy of its source file, under its own name."""
     folder = Path(folder)
-    written = []
-    used = set()
+    written, used = [], set()
     for index in range(scene.GetNumberOfNodes()):
         node = scene.GetNthNode(index)
         if not node.IsA("vtkMRMLStorableNode") or node.GetHideFromEditors():
             continue
         source = node.GetAttribute(SOURCE_FILE_ATTRIBUTE)
-        source = Path(source) if source and linkable_suffix(source) and Path(source).is_file() else None
-        suffix = linkable_suffix(source) if source is not None else STORAGE_SUFFIX.get(node.GetClassName(), ".nrrd")
+        source = Path(source) if source and copyable_suffix(source) and Path(source).is_file() else None
+        suffix = copyable_suffix(source) if source is not None else STORAGE_SUFFIX.get(node.GetClassName(), ".nrrd")
         stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in node.GetName()) or node.GetID()
         while stem in used:
             stem += "_"
