@@ -477,6 +477,34 @@ def test_run_from_files_with_markups_prompts(tmp_path, demo_model):
     assert "CT.nrrd" in report["files"]
 
 
+def test_a_ct_read_from_a_file_is_saved_as_a_copy_of_it_unless_its_voxels_changed(tmp_path):
+    """``source_copies`` and ``save_scene``'s ``copies``: the CT's file copied, byte for byte; once the
+    node's voxels change (as a filter would change them, in place), they are written instead."""
+    from vtk.util import numpy_support
+
+    from SAMFusionLib.scene.case_files import load_file_case, source_copies
+
+    inputs_dir = tmp_path / "inputs"
+    write_case_files(inputs_dir)
+    core = mrml.headless_scene()
+    prompts = [inputs_dir / f"{name}.mrk.json" for name in ("CT_points", "CT_ROI", "X-ray_points", "X-ray_ROI")]
+    nodes = load_file_case(core.scene, inputs_dir / "CT.nrrd", inputs_dir / "X-ray.nrrd", prompts)
+    copies = source_copies(nodes, inputs_dir / "CT.nrrd")
+    assert list(copies) == [nodes.ct.GetID()]
+    (tmp_path / "copied").mkdir()
+    mrml.save_scene(core.scene, tmp_path / "copied", copies=copies)
+    assert (tmp_path / "copied" / "CT.nrrd").read_bytes() == (inputs_dir / "CT.nrrd").read_bytes()
+
+    before = mrml.array_from_volume(nodes.ct)[0]
+    image = nodes.ct.GetImageData()
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] += 5
+    image.Modified()
+    (tmp_path / "written").mkdir()
+    mrml.save_scene(core.scene, tmp_path / "written", copies=copies)
+    saved = mrml.load_scene(tmp_path / "written" / "scene.mrml")
+    assert np.array_equal(mrml.array_from_volume(saved.scene.GetFirstNodeByName("CT"))[0], before + 5)
+
+
 def test_run_on_files_falls_back_on_the_boxes_unless_told_not_to(tmp_path, abdomen_run, capsys):
     """The abdomen case as files, with the demo model (whose masks of this kidney fail): exit 0 on the
     prompt boxes; with --no-box-fallback, exit 3 (the masks' failure), the outputs written all the same."""

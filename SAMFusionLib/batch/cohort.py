@@ -77,7 +77,7 @@ def read_cases(csv_path: Path) -> list[CaseRow]:
 def run_case(row: CaseRow, segmenter, options, out_root: Path) -> dict:
     """Run the pipeline on one case into ``out_root/<case>``; returns its summary row."""
     from SAMFusionLib.scene import mrml
-    from SAMFusionLib.scene.case_files import landmark_tre_mm, load_file_case, model_report, write_outputs
+    from SAMFusionLib.scene.case_files import landmark_tre_mm, load_file_case, model_report, source_copies, write_outputs
     from SAMFusionLib.scene.run import run_on_scene
 
     for path in (row.ct, row.xray, *row.prompts, *([row.truth] if row.truth else [])):
@@ -92,7 +92,7 @@ def run_case(row: CaseRow, segmenter, options, out_root: Path) -> dict:
     if row.truth is not None:
         report["case"] = {"name": row.name, "registration_tre_mm": round(landmark_tre_mm(result.registration.sitk_transform, row.truth), 3)}
     report["case_seconds"] = round(time.perf_counter() - started, 2)
-    write_outputs(core.scene, result, report, Path(out_root) / row.name)
+    write_outputs(core.scene, result, report, Path(out_root) / row.name, copies=source_copies(nodes, row.ct))
     return summary_row(row.name, report)
 
 

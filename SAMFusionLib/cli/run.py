@@ -26,7 +26,7 @@ from SAMFusionLib.cli.common import (
 )
 from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.scene import mrml
-from SAMFusionLib.scene.case_files import load_file_case, model_report, write_outputs
+from SAMFusionLib.scene.case_files import load_file_case, model_report, source_copies, write_outputs
 from SAMFusionLib.scene.run import add_case_nodes, run_on_scene
 
 
@@ -49,9 +49,10 @@ def cmd_run(args) -> int:
 
     slicer_core = mrml.headless_scene()
     if args.ct is None:
-        nodes, case = _demo_scene(slicer_core)
+        (nodes, case), copies = _demo_scene(slicer_core), None
     else:
         nodes, case = load_file_case(slicer_core.scene, args.ct, args.xray, args.prompts or []), None
+        copies = source_copies(nodes, args.ct)  # the CT is saved as a copy of its file, not encoded again
     model = load_model_from_args(args)
     progress = _progress_bar()
     try:
@@ -67,7 +68,7 @@ def cmd_run(args) -> int:
 
         report["case"] = truth_report(case, result)
     # process_seconds: what the user waited for: interpreter start-up, imports, model, pipeline, scene.
-    write_outputs(slicer_core.scene, result, report, out, process_seconds)
+    write_outputs(slicer_core.scene, result, report, out, process_seconds, copies)
     passed = report["registration"]["passed"]
     print(f"samfusion run: {len(report['files'])} files in {out}; registration {'passed' if passed else 'FAILED'}: {report['registration']['reason']}")
     if case is not None:

@@ -43,8 +43,6 @@ def load_file_case(scene, ct_path: Path, xray_path: Path, prompt_paths: list[Pat
     ct_kji, ct_geometry = read_volume_or_slice(ct_path)
     xray_image = read_image_2d(xray_path)
     ct = mrml.add_volume(scene, ct_kji, ct_geometry, Path(ct_path).name.split(".")[0] or "CT")
-    if ct_kji.shape[0] > 1 and mrml.copyable_suffix(ct_path):  # a volume as the file holds it: saved as a copy of the file
-        ct.SetAttribute(mrml.SOURCE_FILE_ATTRIBUTE, str(Path(ct_path).resolve()))
     xray = mrml.add_image_2d(scene, grey_array(xray_image), Plane.from_geometry(xray_image.geometry), Path(xray_path).name.split(".")[0] or "X-ray")
     markups = [mrml.load_markups(scene, path) for path in prompt_paths]
     if not markups:
@@ -101,13 +99,24 @@ def model_report(segmenter) -> dict:
             "title": models[model.model_id].title if model.model_id in models else "", "note": NOT_MEDICAL}
 
 
-def write_outputs(scene, result, report: dict, out: Path, process_seconds: Callable[[], float | None] | None = None) -> None:
+def source_copies(nodes: SceneInputs, ct_path: Path) -> dict:
+    """``mrml.save_scene``'s ``copies`` for a case just read by ``load_file_case``: the CT volume, as
+    its file holds it (a 2D CT image became a grey slice, and is written)."""
+    ct = nodes.ct
+    if ct.GetImageData().GetDimensions()[2] > 1 and mrml.copyable_suffix(ct_path):
+        return {ct.GetID(): (Path(ct_path).resolve(), ct.GetImageData().GetMTime())}
+    return {}
+
+
+def write_outputs(scene, result, report: dict, out: Path, process_seconds: Callable[[], float | None] | None = None,
+                  copies: dict | None = None) -> None:
     """Write the scene's nodes, the ``.mrml``, ``report.json`` and ``report.png`` into ``out``, all or
-    nothing. ``report`` gains ``files`` (and ``process_seconds``, measured just before it is written)."""
+    nothing. ``report`` gains ``files`` (and ``process_seconds``, measured just before it is written).
+    ``copies``: see ``mrml.save_scene`` (``source_copies``)."""
     from SAMFusionLib.scene.report_png import write_report_png
 
     with staged_folder(out) as staging:
-        files = mrml.save_scene(scene, staging, "SAMFusion.mrml")
+        files = mrml.save_scene(scene, staging, "SAMFusion.mrml", copies)
         report["files"] = sorted(p.name for p in files) + ["report.json", "report.png"]
         if process_seconds is not None:
             report["process_seconds"] = process_seconds()

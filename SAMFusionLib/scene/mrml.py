@@ -392,29 +392,29 @@ STORAGE_SUFFIX = {"vtkMRMLSegmentationNode": ".seg.nrrd", "vtkMRMLLinearTransfor
                   "vtkMRMLMarkupsFiducialNode": ".mrk.json", "vtkMRMLMarkupsROINode": ".mrk.json"}
 
 
-# A volume node read unchanged from a one-file image (header and voxels together) names the file in
-# this attribute, and ``save_scene`` copies the file instead of encoding the voxels again (a clinical
-# CT took 4.0 s to write compressed). Not a hard link: a rewrite of the input in place would show.
-SOURCE_FILE_ATTRIBUTE = "SAMFusion.SourceFile"
-
-
 def copyable_suffix(path) -> str | None:
-    """The suffix under which a copy of ``path`` can stand for a volume node in a saved scene, or None."""
+    """The suffix under which a copy of ``path`` can stand for a volume node in a saved scene
+    (a one-file image: header and voxels together), or None."""
     return next((suffix for suffix in (".nrrd", ".nii", ".nii.gz", ".mha") if Path(path).name.lower().endswith(suffix)), None)
 
 
-def save_scene(scene, folder: Path, scene_name: str = "scene.mrml") -> list[Path]:
+def save_scene(scene, folder: Path, scene_name: str = "scene.mrml", copies: dict | None = None) -> list[Path]:
     """Write every storable node to ``folder`` (one file each, named after the node) and the
-    ``.mrml`` that references them; returns the written paths. The folder must exist. A node
-    with ``SOURCE_FILE_ATTRIBUTE`` gets a copy of its source file, under its own name."""
+    ``.mrml`` that references them; returns the written paths. The folder must exist.
+
+    ``copies``: {volume node ID: (a one-file image, its voxels' ``GetMTime()`` when read from it)}: such
+    a node, its voxels unchanged since, is saved as a copy of the file instead of being encoded again
+    (a clinical CT: 4.0 s compressed). Not a hard link: a rewrite of the input in place would show.
+    """
     folder = Path(folder)
     written, used = [], set()
     for index in range(scene.GetNumberOfNodes()):
         node = scene.GetNthNode(index)
         if not node.IsA("vtkMRMLStorableNode") or node.GetHideFromEditors():
             continue
-        source = node.GetAttribute(SOURCE_FILE_ATTRIBUTE)
-        source = Path(source) if source and copyable_suffix(source) and Path(source).is_file() else None
+        source, read_at = (copies or {}).get(node.GetID(), (None, None))
+        if source is None or not copyable_suffix(source) or node.GetImageData().GetMTime() != read_at or not Path(source).is_file():
+            source = None
         suffix = copyable_suffix(source) if source is not None else STORAGE_SUFFIX.get(node.GetClassName(), ".nrrd")
         stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in node.GetName()) or node.GetID()
         while stem in used:
