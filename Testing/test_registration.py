@@ -216,6 +216,21 @@ def test_projection_of_a_bright_sphere_lands_where_the_geometry_says():
     assert project_mask(hu > 0, axis=1)[6, 27] and not project_mask(hu > 0, axis=1)[0, 0]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_attenuation_is_the_formula_bit_for_bit_and_leaves_the_ct_alone(dtype):
+    """``hu_to_mu`` works in place on one new array; the figures are those of the plain formula,
+    bit for bit (the sample data's pinned files depend on them), and the CT is not touched."""
+    from SAMFusionLib.registration.projection import hu_to_mu
+
+    hu = np.random.default_rng(3).normal(0.0, 900.0, (12, 17, 23)).clip(-3024, 3000).astype(dtype)
+    hu[:, :3] = -3024  # a scanner's padding value
+    before = hu.copy()
+    mu = hu_to_mu(hu)
+    assert mu.dtype == np.float32 and np.array_equal(hu, before)
+    np.testing.assert_array_equal(mu, np.clip(0.02 * (1.0 + hu.astype(np.float32) / 1000.0), 0.0, None))
+    assert mu[:, :3].max() == 0.0 and mu.max() > 0.02
+
+
 def test_quality_check_fails_honestly():
     fixed, _, _ = _shape_pair(0.0, (0.0, 0.0))
     other = np.zeros_like(fixed)

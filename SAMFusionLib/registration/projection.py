@@ -19,7 +19,13 @@ MU_WATER_PER_MM = 0.02
 
 def hu_to_mu(hu: np.ndarray, mu_water: float = MU_WATER_PER_MM) -> np.ndarray:
     """Linear attenuation (1/mm) of HU values; air (-1000 HU) and below give 0."""
-    return np.clip(mu_water * (1.0 + np.asarray(hu, np.float32) / 1000.0), 0.0, None)
+    # mu_water * (1 + HU / 1000) clipped at 0, computed in place in one new array: the same operations
+    # in the same order, so the same bits, with one array of the CT's size instead of four (a
+    # 512 x 512 x 224 CT: 0.26-0.71 s before).
+    mu = np.asarray(hu, np.float32) / np.float32(1000.0)
+    mu += np.float32(1.0)
+    mu *= np.float32(mu_water)
+    return np.maximum(mu, np.float32(0.0), out=mu)
 
 
 def line_integral(hu_kji: np.ndarray, geometry: ImageGeometry, axis: int = 1) -> np.ndarray:
