@@ -374,7 +374,7 @@ def ct_view_grid(ct_kji: np.ndarray, geometry: ImageGeometry, view: str = "AP") 
     if ct_kji.shape[0] == 1:
         return geometry, ct_kji.astype(np.float32), 2
     grid = view_geometry(geometry, view)
-    view_kji = resample(ct_kji.astype(np.float32), geometry, grid, default=float(ct_kji.min()))
+    view_kji = resample(np.asarray(ct_kji, np.float32), geometry, grid, default=float(ct_kji.min()))  # no copy of a float32 CT
     return grid, view_kji, _axis_nearest(grid, geometry.ijk_to_ras[:3, 2])
 
 

@@ -216,6 +216,25 @@ def test_projection_of_a_bright_sphere_lands_where_the_geometry_says():
     assert project_mask(hu > 0, axis=1)[6, 27] and not project_mask(hu > 0, axis=1)[0, 0]
 
 
+@pytest.mark.parametrize("nearest", [True, False])
+def test_resampling_onto_the_view_grid_keeps_each_voxel_where_it_is_in_space(nearest):
+    """``radiograph.resample`` of an oblique CT onto its view grid (given by numbers, no reference
+    volume): a bright block lands at the same RAS point; outside the CT, the default value."""
+    from SAMFusionLib.registration.radiograph import resample, view_geometry
+
+    theta = 0.3
+    rotation = np.array([[np.cos(theta), -np.sin(theta), 0.0], [np.sin(theta), np.cos(theta), 0.0], [0.0, 0.0, 1.0]])
+    geometry = ImageGeometry.from_lps((0.8, 0.9, 2.0), (10.0, -20.0, 5.0), rotation, (30, 50, 60))
+    volume = np.zeros(geometry.shape_kji, np.float32)
+    volume[14:17, 24:27, 29:32] = 100.0  # around voxel (i, j, k) = (30, 25, 15)
+    target = view_geometry(geometry, "AP")
+    out = resample(volume, geometry, target, nearest=nearest, default=-7.0)
+    assert out.shape == tuple(target.shape_kji) and out.dtype == np.float32
+    i, j, k = np.round(target.ras_to_ijk(geometry.ijk_to_ras_points(np.array([[30.0, 25.0, 15.0]])))[0]).astype(int)
+    assert out[k, j, i] == pytest.approx(100.0, abs=1e-3)
+    assert out[0, 0, 0] == -7.0  # a corner of the view grid lies outside the rotated CT
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
 def test_attenuation_is_the_formula_bit_for_bit_and_leaves_the_ct_alone(dtype):
     """``hu_to_mu`` works in place on one new array; the figures are those of the plain formula,

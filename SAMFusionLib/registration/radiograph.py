@@ -67,9 +67,14 @@ def resample(volume_kji: np.ndarray, geometry: ImageGeometry, target: ImageGeome
     from SAMFusionLib.imaging.io import sitk_image
 
     image = sitk_image(volume_kji, geometry)
-    reference = sitk_image(np.zeros(target.shape_kji, sitk.GetArrayViewFromImage(image).dtype), target)
+    # The output grid is given as numbers, not as a reference image: one volume fewer in memory
+    # (a clinical CT's view grid: 224 MiB).
+    spacing, origin, direction = target.to_lps()
+    shape_kji = target.shape_kji
     interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
-    return sitk.GetArrayFromImage(sitk.Resample(image, reference, sitk.Transform(), interpolator, float(default)))
+    resampled = sitk.Resample(image, (int(shape_kji[2]), int(shape_kji[1]), int(shape_kji[0])), sitk.Transform(), interpolator,
+                              [float(v) for v in origin], [float(v) for v in spacing], [float(v) for v in direction], float(default))
+    return sitk.GetArrayFromImage(resampled)
 
 
 @dataclass
