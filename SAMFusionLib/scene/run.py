@@ -97,9 +97,12 @@ def ahead_key(nodes: SceneInputs | None) -> tuple:
         return node.GetID(), node.GetMTime(), None if image is None else image.GetMTime()
 
     points_ras, labels = mrml.point_prompts(nodes.ct_points, nodes.ct_negative_points)
-    roi = mrml.roi_corners(nodes.ct_roi)
+    try:
+        roi = mrml.roi_corners(nodes.ct_roi)
+    except SamFusionError:
+        roi = "not placed"  # an ROI being placed: its first corner has not been clicked yet
     return (node_key(nodes.ct), node_key(nodes.xray), np.asarray(points_ras, float).tobytes(), np.asarray(labels).tobytes(),
-            None if roi is None else np.asarray(roi, float).tobytes())
+            roi.tobytes() if isinstance(roi, np.ndarray) else roi)
 
 
 def read_xray(nodes: SceneInputs) -> tuple[np.ndarray, Plane]:
