@@ -334,10 +334,10 @@ def encode_ahead(
     CT's slices in the cache and only decodes them. Zoomed crops depend on SAM's answers and are
     left to the run.
     """
+    check_slice_step(slice_step)
     axes = SliceAxes(slice_axis)
     plan = plan_prompts(prompts, geometry, axes)
     image_of = slice_images(volume_kji, axes, window)
-    check_slice_step(slice_step)
     order = sorted(range(plan.first, plan.last + 1), key=lambda index: (min(abs(index - seed) for seed in plan.seeds), index))
     if slice_step > 1:  # a stable sort: the landing slices first, each group still by distance
         order.sort(key=lambda index: not (index in (plan.first, plan.last) or any((index - seed) % slice_step == 0 for seed in plan.seeds)))
