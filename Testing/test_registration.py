@@ -250,6 +250,43 @@ def test_attenuation_is_the_formula_bit_for_bit_and_leaves_the_ct_alone(dtype):
     assert mu[:, :3].max() == 0.0 and mu.max() > 0.02
 
 
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("block_voxels", [1, 997, 1 << 22])
+def test_line_integral_in_blocks_is_the_whole_volume_sum_bit_for_bit(monkeypatch, axis, block_voxels):
+    """``line_integral`` converts the CT to mu a block of rows at a time (one CT-sized array fewer);
+    every pixel must still be the plain sum of mu along the rays times the step, to the bit."""
+    from SAMFusionLib.registration import projection
+    from SAMFusionLib.registration.projection import hu_to_mu
+
+    hu = np.random.default_rng(4).normal(0.0, 700.0, (19, 23, 29)).astype(np.int16)
+    geometry = ImageGeometry(np.diag([0.7, 0.8, 2.5, 1.0]), hu.shape)
+    monkeypatch.setattr(projection, "BLOCK_VOXELS", block_voxels)
+    integral = line_integral(hu, geometry, axis)
+    numpy_axis = 2 - axis  # IJK axis i, j, k is NumPy axis 2, 1, 0 of a (k, j, i) array
+    expected = hu_to_mu(hu).sum(axis=numpy_axis) * float(geometry.spacing_mm[axis])
+    assert integral.dtype == np.float32 and integral.shape == expected.shape
+    np.testing.assert_array_equal(integral, expected)
+    assert integral.min() >= 0.0 and integral.max() > 0.02 * 2.5  # mu >= 0, and at least one ray crosses water-like voxels
+
+
+def test_line_integral_holds_no_ct_sized_array(monkeypatch):
+    """The projection's memory: at most one block of mu beside the result, not a second CT."""
+    import tracemalloc
+
+    from SAMFusionLib.registration import projection
+
+    hu = np.full((96, 64, 80), 40.0, np.float32)  # 1.9 MiB
+    monkeypatch.setattr(projection, "BLOCK_VOXELS", hu.size // 16)
+    tracemalloc.start()
+    try:
+        integral = line_integral(hu, ImageGeometry(np.eye(4), hu.shape), axis=2)
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(integral, 96 * 0.02 * 1.04, rtol=1e-5)  # 96 voxels of 40 HU along each ray
+    assert peak_bytes < hu.nbytes / 4, f"line_integral peaked at {peak_bytes} bytes for a {hu.nbytes}-byte CT"
+
+
 def test_quality_check_fails_honestly():
     fixed, _, _ = _shape_pair(0.0, (0.0, 0.0))
     other = np.zeros_like(fixed)

@@ -15,6 +15,7 @@ from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.imaging.geometry import ImageGeometry, SliceAxes
 
 MU_WATER_PER_MM = 0.02
+BLOCK_VOXELS = 1 << 22  # 16 MiB of float32 mu at a time in ``line_integral``
 
 
 def hu_to_mu(hu: np.ndarray, mu_water: float = MU_WATER_PER_MM) -> np.ndarray:
@@ -32,9 +33,18 @@ def line_integral(hu_kji: np.ndarray, geometry: ImageGeometry, axis: int = 1) ->
     """(rows, columns) integral of mu along IJK ``axis`` (dimensionless), in that axis' slice frame."""
     if hu_kji.ndim != 3:
         raise SamFusionError(f"a projection needs a 3D volume, got {hu_kji.ndim} dimensions")
-    axes = SliceAxes(axis)
+    along = SliceAxes(axis).numpy_axis()
     step_mm = float(geometry.spacing_mm[axis])
-    return hu_to_mu(hu_kji).sum(axis=axes.numpy_axis()) * step_mm
+    # mu of the whole CT at once would be a second CT-sized array (224 MiB for a 512 x 512 x 224 CT);
+    # blocks of rows across the rays bound it. Each pixel sums the same values in the same order,
+    # so the bits equal those of the whole-volume sum (tested).
+    across = 1 if along == 0 else 0  # the blocks' axis: the first other one, so also the result's first
+    total = np.empty([n for index, n in enumerate(hu_kji.shape) if index != along], np.float32)
+    rows = max(1, BLOCK_VOXELS * hu_kji.shape[across] // max(1, hu_kji.size))
+    for start in range(0, hu_kji.shape[across], rows):
+        block = hu_kji[(slice(None),) * across + (slice(start, start + rows),)]
+        np.sum(hu_to_mu(block), axis=along, out=total[start:start + rows])
+    return total * step_mm
 
 
 def xray_image(integral: np.ndarray, bone_bright: bool = True, gamma: float = 1.0) -> np.ndarray:

@@ -74,6 +74,7 @@ def resample(volume_kji: np.ndarray, geometry: ImageGeometry, target: ImageGeome
     interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
     resampled = sitk.Resample(image, (int(shape_kji[2]), int(shape_kji[1]), int(shape_kji[0])), sitk.Transform(), interpolator,
                               [float(v) for v in origin], [float(v) for v in spacing], [float(v) for v in direction], float(default))
+    del image  # ITK's copy of the input, freed before the output is copied out: one volume fewer at the peak
     return sitk.GetArrayFromImage(resampled)
 
 

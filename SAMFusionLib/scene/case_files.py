@@ -41,8 +41,9 @@ def load_file_case(scene, ct_path: Path, xray_path: Path, prompt_paths: list[Pat
     from SAMFusionLib.imaging.plane import Plane
 
     ct_kji, ct_geometry = read_volume_or_slice(ct_path)
-    xray_image = read_image_2d(xray_path)
     ct = mrml.add_volume(scene, ct_kji, ct_geometry, Path(ct_path).name.split(".")[0] or "CT")
+    del ct_kji  # the node holds its own copy; this one would double a large CT's memory to the end
+    xray_image = read_image_2d(xray_path)
     xray = mrml.add_image_2d(scene, grey_array(xray_image), Plane.from_geometry(xray_image.geometry), Path(xray_path).name.split(".")[0] or "X-ray")
     markups = [mrml.load_markups(scene, path) for path in prompt_paths]
     if not markups:
@@ -52,7 +53,7 @@ def load_file_case(scene, ct_path: Path, xray_path: Path, prompt_paths: list[Pat
 
 def assign_prompts(nodes: list, ct_node, xray_node) -> SceneInputs:
     """Sort markups nodes into the CT's and the X-ray's prompts (rules in the module docstring)."""
-    _, ct_geometry = mrml.array_from_volume(ct_node)
+    ct_geometry = mrml.volume_geometry(ct_node)  # the geometry alone: no copy of a CT's voxels
     _, plane = mrml.xray_from_volume(xray_node)
     inputs = SceneInputs(ct_node, xray_node)
     for node in nodes:
