@@ -36,6 +36,31 @@ def test_volume_round_trip_keeps_values_and_oblique_geometry(core):
     assert back_geometry.shape_kji == geometry.shape_kji
 
 
+def test_a_volume_read_without_a_copy_is_a_read_only_view_that_keeps_the_voxels_alive(core):
+    """``array_from_volume(copy=False)`` (the command line's CT, one volume fewer in memory): the
+    node's own voxels, never written through, still readable after the node is gone."""
+    import gc
+
+    from vtk.util import numpy_support
+
+    geometry = oblique_geometry()
+    array = np.arange(np.prod(geometry.shape_kji), dtype=np.int16).reshape(geometry.shape_kji)
+    node = mrml.add_volume(core.scene, array, geometry, "ct")
+    view, view_geometry = mrml.array_from_volume(node, copy=False)
+    copy, _ = mrml.array_from_volume(node)
+    np.testing.assert_array_equal(view, array)
+    np.testing.assert_allclose(view_geometry.ijk_to_ras, geometry.ijk_to_ras, atol=1e-9)
+    assert not view.flags.writeable and copy.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        view[0, 0, 0] = 5
+    numpy_support.vtk_to_numpy(node.GetImageData().GetPointData().GetScalars())[0] = -7  # a change in the node, in place
+    assert view[0, 0, 0] == -7 and copy[0, 0, 0] == 0  # the view is the node's memory; the copy is not
+    core.scene.RemoveNode(node)
+    del node
+    gc.collect()
+    assert view[-1, -1, -1] == array[-1, -1, -1] and int(view.sum()) == int(array.sum()) - 7
+
+
 def test_xray_needs_a_single_slice(core):
     geometry = oblique_geometry((3, 20, 30))
     node = mrml.add_volume(core.scene, np.zeros(geometry.shape_kji, np.float32), geometry, "three slices")

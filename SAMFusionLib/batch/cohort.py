@@ -86,7 +86,7 @@ def run_case(row: CaseRow, segmenter, options, out_root: Path) -> dict:
     started = time.perf_counter()
     core = mrml.headless_scene()
     nodes = load_file_case(core.scene, row.ct, row.xray, list(row.prompts))
-    _, result = run_on_scene(core.scene, nodes, segmenter, options)
+    _, result = run_on_scene(core.scene, nodes, segmenter, options, copy_ct=False)  # the case's own scene: nothing else changes it
     report = result.report
     report["model"] = model_report(segmenter)
     if row.truth is not None:

@@ -57,7 +57,7 @@ def cmd_run(args) -> int:
     progress = _progress_bar()
     try:
         segmenter = segmenter_from_args(args, model)
-        outputs, result = run_on_scene(slicer_core.scene, nodes, segmenter, options, progress=progress)
+        outputs, result = run_on_scene(slicer_core.scene, nodes, segmenter, options, progress=progress, copy_ct=False)  # nothing else runs
     finally:
         progress.close()
 

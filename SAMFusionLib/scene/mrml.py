@@ -66,9 +66,7 @@ def _vtk_matrix(array: np.ndarray):
     import vtk
 
     matrix = vtk.vtkMatrix4x4()
-    for row in range(4):
-        for column in range(4):
-            matrix.SetElement(row, column, float(array[row, column]))
+    matrix.DeepCopy(tuple(float(value) for value in np.asarray(array).ravel()))  # row by row, as vtkMatrix4x4 stores it
     return matrix
 
 
@@ -105,15 +103,16 @@ def volume_geometry(volume_node) -> ImageGeometry:
     return ImageGeometry(_numpy_matrix(matrix), (slices, rows, columns))
 
 
-def array_from_volume(volume_node) -> tuple[np.ndarray, ImageGeometry]:
-    """((k, j, i) scalar array copy, geometry) of a scalar volume node."""
+def array_from_volume(volume_node, copy: bool = True) -> tuple[np.ndarray, ImageGeometry]:
+    """((k, j, i) scalar array, geometry) of a scalar volume node: a copy, or (``copy`` False) a read-only view of its voxels."""
     from vtk.util import numpy_support
 
     geometry = volume_geometry(volume_node)
     scalars = volume_node.GetImageData().GetPointData().GetScalars()
     if scalars is None or scalars.GetNumberOfComponents() != 1:
         raise SamFusionError(f"volume {_name(volume_node)} is not a scalar volume")
-    return numpy_support.vtk_to_numpy(scalars).reshape(geometry.shape_kji).copy(), geometry
+    array = numpy_support.vtk_to_numpy(scalars).reshape(geometry.shape_kji)  # a view that keeps the VTK array alive
+    return (array.copy() if copy else np.lib.stride_tricks.as_strided(array, writeable=False)), geometry
 
 
 def xray_from_volume(volume_node) -> tuple[np.ndarray, Plane]:
