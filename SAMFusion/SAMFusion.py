@@ -91,7 +91,7 @@ class SAMFusionParameterNode:
     view: Annotated[str, Choice(["AP", "LAT", "SI"])] = "AP"
     projection: Annotated[str, Choice(["parallel", "perspective"])] = "parallel"
     levels: Annotated[int, WithinRange(1, 6)] = 3
-    sliceStep: Annotated[int, WithinRange(1, 10)] = 1
+    sliceStep: Annotated[int, WithinRange(0, 10)] = 0  # 0 shows as "auto" (the spin box's special value): ``sliceStepOption``
     encodeAhead: bool = True  # the X-ray and the CT's slices encoded while the user places prompts
     applyTransform: bool = True
     boxFallback: bool = True
@@ -102,6 +102,11 @@ class SAMFusionParameterNode:
     outFused: vtkMRMLScalarVolumeNode
     outProjection: vtkMRMLScalarVolumeNode
     outGridTransform: vtkMRMLGridTransformNode
+
+
+def sliceStepOption(parameterNode):
+    """The pipeline's ``slice_step`` of the panel's spin box: "auto" at its special value 0, else N."""
+    return parameterNode.sliceStep or "auto"
 
 
 def _pollingTimer(timer, intervalMs, poll):
@@ -492,14 +497,14 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         if not (p.ct or p.xray):
             return None
         nodes = SceneInputs(p.ct, p.xray, p.ctPoints, p.ctNegativePoints, p.ctRoi)
-        what = ahead_key(nodes) + (p.view, p.sliceStep, p.model, p.device)
+        what = ahead_key(nodes) + (p.view, sliceStepOption(p), p.model, p.device)
         if self._ahead is not None and self._ahead[0] == what:
             return None  # already encoded, or under way
         xray, ct = read_ahead(nodes)
         if (xray is None and ct is None) or self.preload(p.model, p.device) is None:
             return None
         previous = self.stopEncodingAhead()
-        options, model, device = PipelineOptions(view=p.view, slice_step=p.sliceStep), p.model, p.device
+        options, model, device = PipelineOptions(view=p.view, slice_step=sliceStepOption(p)), p.model, p.device
 
         def work(progress, cancelled):
             if previous is not None:
@@ -552,7 +557,7 @@ class SAMFusionLogic(ScriptedLoadableModuleLogic):
         reuse = SceneOutputs(p.outCtSegmentation, p.outXraySegmentation, p.outProjection, p.outTransform, p.outGridTransform, p.outFused)
         nodes = SceneInputs(p.ct, p.xray, p.ctPoints, p.ctNegativePoints, p.ctRoi, p.xrayPoints, p.xrayNegativePoints, p.xrayRoi)
         options = PipelineOptions(view=p.view, projection=p.projection, fusion_levels=p.levels, registration=RegistrationOptions(transform=p.transform),
-                                  box_fallback=p.boxFallback, slice_step=p.sliceStep)
+                                  box_fallback=p.boxFallback, slice_step=sliceStepOption(p))
         outputs, result = run_on_scene(
             slicer.mrmlScene, nodes, self.segmenter(p.model, p.device), options, progress, cancelled,
             apply_transform=p.applyTransform, reuse=reuse,

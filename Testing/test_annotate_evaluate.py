@@ -163,8 +163,9 @@ def test_annotate_volume_writes_a_slicer_segmentation(tmp_path, demo_model, slic
 
 
 @pytest.mark.parametrize("on_volume, step, message", [
-    (True, "0", "the slice step must be a whole number of slices, at least 1, got 0"),
+    (True, "0", "the slice step must be auto or a whole number of slices, at least 1, got 0"),
     (False, "2", "--slice-step applies to a volume's slices; a folder holds 2D images"),
+    (False, "auto", "--slice-step applies to a volume's slices; a folder holds 2D images"),
 ])
 def test_annotate_refuses_a_slice_step_it_cannot_use(tmp_path, capsys, on_volume, step, message):
     from .test_pipeline import write_case_files

@@ -25,7 +25,8 @@ def test_the_stored_ct_runs_cold_then_again_from_the_embeddings_on_disk(shared_d
     assert 0.2 < row["ct_dice"] < 0.7
     # Times and memory, so only their sense (measured: cold 5.7 s, again 5.4 s, 1.1 GiB).
     assert 0 < row["cold_timings_s"]["segment CT"] < row["cold_s"] and row["again_s"] > 0 and 0.2 < row["cold_peak_rss_gib"] < 8
-    assert format_table(figures).splitlines()[-1].startswith("| stored | 122 × 101 × 112 | 3 × 3 × 3 |")
+    assert figures["slice_step"] == "auto" and row["slice_step_used"] == 1  # auto keeps every slice of a 3 mm CT
+    assert format_table(figures).splitlines()[-1].startswith(f"| stored | 122 × 101 × 112 | 3 × 3 × 3 | 152 × 140 | {row['slices_segmented']} (1) |")
 
 
 def test_the_clinical_size_keeps_the_extent_and_the_kidney(shared_data):
@@ -47,7 +48,7 @@ def test_the_clinical_size_keeps_the_extent_and_the_kidney(shared_data):
 @pytest.mark.parametrize("sizes, step, message", [
     (["huge"], 1, "--sizes takes stored and/or clinical"),
     ([], 1, "--sizes takes stored and/or clinical, separated by commas, got none"),
-    (["stored"], 0, "slice step must be a whole number of slices, at least 1"),
+    (["stored"], 0, "slice step must be auto or a whole number of slices, at least 1"),
 ])
 def test_what_the_benchmark_cannot_run_is_refused_before_any_case_is_made(sizes, step, message):
     with pytest.raises(SamFusionError, match=message):

@@ -392,7 +392,7 @@ def test_sam_on_every_third_ct_slice_with_the_default_model(default_case, defaul
 
     result = run_pipeline(Segmenter(default_model), default_case.inputs, PipelineOptions(slice_step=3))
     ct = result.report["ct"]
-    assert ct["slices_interpolated"] >= 10 and ct["slices_segmented"] + ct["slices_interpolated"] >= 25
+    assert ct["slice_step"] == 3 and ct["slices_interpolated"] >= 10 and ct["slices_segmented"] + ct["slices_interpolated"] >= 25
     assert result.report["images_encoded"] <= 20
     assert dice(result.ct_mask_kji, default_case.ct_target_mask) > 0.98
     assert result.registration.passed and result.registration.report["reference"] == "SAM masks"
@@ -468,6 +468,8 @@ def test_run_from_files_with_markups_prompts(tmp_path, demo_model):
     assert code in (0, 3)
     report = json.loads((out / "report.json").read_text())
     assert report["ct"]["mask_voxels"] > 0 and report["xray"]["mask_pixels"] > 0
+    # The default slice step, auto, is 1 on this CT of 2.5 mm slices: every slice SAM visits is its own.
+    assert report["ct"]["slice_step"] == 1 and report["ct"]["slices_interpolated"] == 0
     # The same prompts through files give the same CT mask as in memory.
     in_memory = run_pipeline(Segmenter(demo_model), case.inputs)
     assert report["ct"]["mask_voxels"] == int(in_memory.ct_mask_kji.sum())
@@ -525,7 +527,8 @@ def test_run_on_files_falls_back_on_the_boxes_unless_told_not_to(tmp_path, abdom
 @pytest.mark.parametrize("args, message", [
     (["--ct", "missing.nrrd"], "give both --ct and --xray"),
     (["--prompts", "a.mrk.json"], "--prompts needs --ct and --xray"),
-    (["--slice-step", "0"], "the slice step must be a whole number of slices, at least 1, got 0"),
+    (["--slice-step", "0"], "the slice step must be auto or a whole number of slices, at least 1, got 0"),
+    (["--slice-step", "every"], "argument --slice-step: auto or a whole number of slices, got 'every'"),
 ])
 def test_run_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "out"

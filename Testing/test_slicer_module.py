@@ -74,3 +74,30 @@ def test_the_panel_starts_on_the_model_tables_default():
     node = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "SAMFusionParameterNode")
     model = next(item for item in node.body if isinstance(item, ast.AnnAssign) and item.target.id == "model")
     assert ast.literal_eval(model.value) == load_table().default == "samfusion-lite"
+
+
+def test_the_panels_slice_step_starts_on_auto_as_the_command_line_does():
+    """The spin box's special value 0 reads "auto", the parameter node starts there, and the Logic
+    turns it into the pipeline's "auto" (the command line's default); N stays N."""
+    from xml.etree import ElementTree
+
+    from SAMFusionLib.pipeline import PipelineOptions
+
+    tree = ast.parse((ROOT / "SAMFusion" / "SAMFusion.py").read_text())
+    node = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "SAMFusionParameterNode")
+    field = next(item for item in node.body if isinstance(item, ast.AnnAssign) and item.target.id == "sliceStep")
+    assert ast.literal_eval(field.value) == 0
+    root = ElementTree.parse(ROOT / "SAMFusion" / "Resources" / "UI" / "SAMFusion.ui").getroot()
+    spin = next(w for w in root.iter("widget") if w.get("name") == "sliceStepSpinBox")
+    properties = {p.get("name"): p for p in spin.iter("property")}
+    assert properties["specialValueText"].findtext("string") == "auto" and properties["minimum"].findtext("number") == "0"
+    helper = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "sliceStepOption")
+    namespace: dict = {}
+    exec(compile(ast.Module(body=[helper], type_ignores=[]), "SAMFusion.py", "exec"), namespace)  # the function alone: no Slicer needed
+
+    class Parameters:
+        sliceStep = 0
+
+    assert namespace["sliceStepOption"](Parameters) == "auto" == PipelineOptions().slice_step
+    Parameters.sliceStep = 3
+    assert namespace["sliceStepOption"](Parameters) == 3

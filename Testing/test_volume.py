@@ -10,7 +10,7 @@ from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.imaging.geometry import ImageGeometry, SliceAxes, roi_corners_ras
 from SAMFusionLib.imaging.io import read_volume
 from SAMFusionLib.sam.segmenter import Segmenter
-from SAMFusionLib.sam.volume import VolumePrompts, plan_prompts, segment_volume
+from SAMFusionLib.sam.volume import VolumePrompts, plan_prompts, resolve_slice_step, segment_volume
 
 from .test_geometry import DIRECTIONS
 
@@ -204,8 +204,40 @@ def test_a_jump_past_the_targets_end_is_retried_slice_by_slice(demo_model, tmp_p
     assert dice(stepped.mask_kji.astype(bool), ball_mask_kji()) > 0.88
 
 
+@pytest.mark.parametrize("spacing_mm, expected", [(5.0, 1), (3.0, 1), (2.5, 1), (2.0, 1), (1.5, 2), (1.25, 2), (1.0, 3), (0.625, 4), (0.5, 6)])
+def test_auto_slice_step_keeps_sams_slices_about_3_mm_apart(spacing_mm, expected):
+    """"auto": the most slices per step that keep SAM's slices at most 3 mm apart, along the slicing
+    axis only (the other two spacings do not count); a number given stays that number."""
+    geometry = ImageGeometry(np.diag([0.7, spacing_mm, 0.6, 1.0]), (10, 10, 10))
+    assert resolve_slice_step("auto", geometry, slice_axis=1) == expected
+    assert resolve_slice_step("auto", geometry, slice_axis=0) == 4 and resolve_slice_step("auto", geometry, slice_axis=2) == 5
+    assert resolve_slice_step(3, geometry, slice_axis=1) == 3
+
+
+@pytest.mark.parametrize("slice_axis, spacing_mm, resolved", [(1, 1.1, 2), (2, 2.0, 1)])
+def test_auto_slice_step_segments_as_the_step_it_resolves_to(demo_model, tmp_path, slice_axis, spacing_mm, resolved):
+    """The ball's slices are 1.1 mm apart along j and 2 mm along k: "auto" segments as step 2 and as
+    step 1 there, the same mask and the same slices, and the result says which step it used."""
+    assert SPACING[slice_axis] == spacing_mm
+    results = segment_ball_with_steps(demo_model, tmp_path, slice_axis=slice_axis, steps=("auto", resolved))
+    (auto, encoded_auto), (explicit, encoded_explicit) = results["auto"], results[resolved]
+    assert auto.slice_step == explicit.slice_step == resolved
+    np.testing.assert_array_equal(auto.mask_kji, explicit.mask_kji)
+    assert auto.slice_scores.keys() == explicit.slice_scores.keys() and auto.interpolated == explicit.interpolated
+    assert encoded_auto == encoded_explicit and bool(auto.interpolated) == (resolved > 1)
+
+
+def test_without_propagation_auto_is_every_slice(tiny_model):
+    volume = np.random.default_rng(0).random((10, 20, 30))
+    prompts = VolumePrompts(roi_corners_ras=roi_corners_ras([10, 10, 8], [8, 8, 8]))
+    thin = ImageGeometry(np.diag([0.5, 0.5, 0.5, 1.0]), volume.shape)  # "auto" would be 6 with propagation
+    result = segment_volume(Segmenter(tiny_model), volume, thin, prompts, propagate=False, slice_step="auto")
+    assert result.slice_step == 1 and not result.interpolated
+
+
 @pytest.mark.parametrize("step, propagate, message", [
     (0, True, "at least 1, got 0"),
+    ("every", True, "auto or a whole number of slices, at least 1, got 'every'"),
     (-2, True, "at least 1, got -2"),
     (1.5, True, "whole number of slices, at least 1, got 1.5"),
     (True, True, "whole number of slices, at least 1, got True"),

@@ -71,7 +71,7 @@ def abdomen_case(size: str, seed: int):
     return case_from_ct(hu, geometry, mask, np.random.default_rng(seed), nonrigid=False)
 
 
-def run_cold(files: dict, out: Path, cache: Path, model_id: str, slice_step: int) -> dict:
+def run_cold(files: dict, out: Path, cache: Path, model_id: str, slice_step: int | str) -> dict:
     """``samfusion run`` on ``files`` in a fresh process whose cache folder is ``cache``: wall seconds,
     peak RSS (MiB) and its report.json."""
     from SAMFusionLib.bench.register_scale import CHILD
@@ -87,7 +87,7 @@ def run_cold(files: dict, out: Path, cache: Path, model_id: str, slice_step: int
     return {"seconds": seconds, "peak_rss_mib": float(peak.read_text()) / 1024, "report": json.loads((out / "report.json").read_text())}
 
 
-def quality(case, files: dict, cache: Path, model, slice_step: int) -> dict:
+def quality(case, files: dict, cache: Path, model, slice_step: int | str) -> dict:
     """The files through the engine in this process, over the embedding cache in ``cache``."""
     from SAMFusionLib.imaging.metrics import dice
     from SAMFusionLib.pipeline import PipelineOptions
@@ -110,7 +110,7 @@ def quality(case, files: dict, cache: Path, model, slice_step: int) -> dict:
     }
 
 
-def run_benchmark(model_id: str, sizes=SIZES, seed: int = 1, slice_step: int = 1) -> dict:
+def run_benchmark(model_id: str, sizes=SIZES, seed: int = 1, slice_step: int | str = "auto") -> dict:
     """The figures of each size in ``sizes`` (see the module docstring)."""
     from SAMFusionLib.sam.models import load_model, load_table
     from SAMFusionLib.sam.volume import check_slice_step
@@ -135,6 +135,7 @@ def run_benchmark(model_id: str, sizes=SIZES, seed: int = 1, slice_step: int = 1
                 "ct_voxels": [int(n) for n in case.inputs.ct_kji.shape[::-1]],  # i, j, k
                 "ct_spacing_mm": [round(float(s), 3) for s in case.inputs.ct_geometry.spacing_mm],
                 "xray_px": [int(n) for n in case.inputs.xray.shape[::-1]],  # columns, rows
+                "slice_step_used": report["ct"]["slice_step"],  # "auto" resolved for this CT's slices
                 "slices_segmented": report["ct"]["slices_segmented"],
                 "cold_s": round(cold["seconds"], 2),
                 "cold_images_encoded": report["images_encoded"],
@@ -155,7 +156,7 @@ def format_table(figures: dict) -> str:
         f"CT-size benchmark: `samfusion run` on the abdomen CT's end-to-end case (seed {figures['seed']}), model {figures['model']}, "
         f"slice step {figures['slice_step']}, each run a fresh process",
         "",
-        "| CT size | voxels (i × j × k) | spacing (mm) | X-ray (px) | slices SAM ran on | cold: wall s | images encoded | CT segmentation s "
+        "| CT size | voxels (i × j × k) | spacing (mm) | X-ray (px) | slices SAM ran on (step) | cold: wall s | images encoded | CT segmentation s "
         "| peak RSS (GiB) | again, embeddings on disk: wall s | images encoded | CT Dice | TRE (mm) | registered on |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -164,7 +165,7 @@ def format_table(figures: dict) -> str:
         spacing = " × ".join(f"{s:g}" for s in row["ct_spacing_mm"])
         verdict = row["reference"] + ("" if row["passed"] else ", failed")
         lines.append(
-            f"| {size} | {voxels} | {spacing} | {row['xray_px'][0]} × {row['xray_px'][1]} | {row['slices_segmented']} | {row['cold_s']:.1f} "
+            f"| {size} | {voxels} | {spacing} | {row['xray_px'][0]} × {row['xray_px'][1]} | {row['slices_segmented']} ({row['slice_step_used']}) | {row['cold_s']:.1f} "
             f"| {row['cold_images_encoded']} | {row['cold_timings_s']['segment CT']:.1f} | {row['cold_peak_rss_gib']:.2f} | {row['again_s']:.1f} "
             f"| {row['again_images_encoded']} | {row['ct_dice']:.3f} | {row['tre_mm']:.2f} | {verdict} |"
         )

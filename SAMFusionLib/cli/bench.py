@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from SAMFusionLib.cli.common import add_model_options
+from SAMFusionLib.cli.common import add_model_options, slice_step_arg
 from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.sam.models import load_model
 
@@ -121,7 +121,7 @@ def add_parser(commands) -> None:
     bench.add_argument("--sizes", default="stored,clinical",
                        help="ct-size: the abdomen CT as stored (3 mm) and/or resampled to a clinical 512 x 512 x 1.5 mm (default both)")
     bench.add_argument("--seed", type=int, default=1, help="ct-size: the end-to-end case's seed (default 1)")
-    bench.add_argument("--slice-step", type=int, default=1, help="ct-size: samfusion run's --slice-step (default 1)")
+    bench.add_argument("--slice-step", type=slice_step_arg, default="auto", help="ct-size: samfusion run's --slice-step (default auto, as run's)")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.add_argument("--images", type=int, default=24, help="batch: shared kidney-stone images to annotate (default 24)")
     bench.add_argument("--workers", type=int, default=2, help="batch: local Dask worker processes against serial (default 2)")

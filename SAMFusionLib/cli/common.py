@@ -124,11 +124,21 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source-distance", type=float, default=1000.0, help="perspective: source to the CT's centre (mm)")
     parser.add_argument("--detector-distance", type=float, default=1500.0, help="perspective: source to the detector (mm)")
     parser.add_argument("--levels", type=int, default=3, help="fusion pyramid levels (default 3)")
-    parser.add_argument("--slice-step", type=int, default=1, metavar="N",
-                        help="run SAM on every Nth CT slice and interpolate the others (default 1: every slice); "
-                             "fewer encoder runs for a first run on a CPU (the default case: 16 against 32 at N = 3)")
+    parser.add_argument("--slice-step", type=slice_step_arg, default="auto", metavar="N|auto",
+                        help="run SAM on every Nth CT slice and interpolate the others; default auto: SAM's slices about 3 mm "
+                             "apart (every slice of a CT of 3 mm slices or more, every second of 1.5 mm ones); 1: every slice")
     parser.add_argument("--no-box-fallback", action="store_true",
                         help="report a registration on SAM's masks that fails as failed, without retrying on the prompt boxes")
+
+
+def slice_step_arg(text: str):
+    """``--slice-step``'s value: "auto", or a whole number (``volume.check_slice_step`` checks its range)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"auto or a whole number of slices, got {text!r}") from None
 
 
 def pipeline_options(args):

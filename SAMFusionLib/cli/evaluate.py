@@ -14,6 +14,7 @@ from SAMFusionLib.cli.common import (
     dask_client,
     holding_out_folder,
     load_model_from_args,
+    slice_step_arg,
 )
 from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.imaging.atomic import staged_folder
@@ -141,8 +142,9 @@ def add_parsers(commands) -> None:
     an.add_argument("input", type=Path, help="a folder of 2D images, or a volume file")
     add_label_options(an, markups=True)
     an.add_argument("--mask-format", choices=["png", "nrrd", "nii"], default="png", help="label maps: 0 background, n = n-th target")
-    an.add_argument("--slice-step", type=int, default=1, metavar="N",
-                    help="a volume: run SAM on every Nth slice of each target and interpolate the others (default 1: every slice)")
+    an.add_argument("--slice-step", type=slice_step_arg, default=1, metavar="N|auto",
+                    help="a volume: run SAM on every Nth slice of each target and interpolate the others (default 1: every slice, "
+                         "as annotation asks; auto: SAM's slices about 3 mm apart)")
     an.add_argument("--zoom", choices=["auto", "on", "off"], default="auto")
     an.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     add_model_options(an)

@@ -78,7 +78,7 @@ class SamFusionWebApp:
             "sf_models": list(table.models), "sf_model": model_id or table.default,
             "sf_transforms": ["rigid", "similarity", "affine", "nonrigid"], "sf_transform": "nonrigid",
             "sf_views": ["AP", "LAT", "SI"], "sf_view": "AP", "sf_projections": ["parallel", "perspective"], "sf_projection": "parallel",
-            "sf_slice_steps": [1, 2, 3, 4], "sf_slice_step": 1,
+            "sf_slice_steps": ["auto", 1, 2, 3, 4], "sf_slice_step": "auto",
             "sf_case": "", "sf_message": "", "sf_running": False, "sf_progress": 0, "sf_step": "", "sf_verdict": "", "sf_passed": None,
             "sf_report": [], "sf_report_png": "", "sf_has_result": False, "sf_scene": self._scene_summary(),
             "sf_data_ct": uploads.data_choices(self.data_dir, uploads.CT_SUFFIXES), "sf_data_xray": uploads.data_choices(self.data_dir, uploads.XRAY_SUFFIXES),
@@ -240,7 +240,7 @@ class SamFusionWebApp:
         from SAMFusionLib.pipeline import PipelineOptions, encode_ahead_of_run
         from SAMFusionLib.scene.run import ahead_key, read_ahead
 
-        model_id, view, slice_step = self.state.sf_model, self.state.sf_view, int(self.state.sf_slice_step)
+        model_id, view, slice_step = self.state.sf_model, self.state.sf_view, self._slice_step()
         what = ahead_key(self.nodes) + (view, slice_step, model_id)
         if self.state.sf_encode_ahead and self._ahead is not None and self._ahead_what == what:
             return  # already encoded, or under way: e.g. a prompt placed on the X-ray
@@ -293,6 +293,12 @@ class SamFusionWebApp:
         if not self.state.sf_running and (self._task is None or self._task.done()):
             self._task = asyncio.get_event_loop().create_task(self._run())
 
+    def _slice_step(self):
+        """The page's "SAM on every Nth CT slice" as the pipeline takes it: "auto" or N (a number
+        from the page may arrive as text)."""
+        value = self.state.sf_slice_step
+        return "auto" if value == "auto" else int(value)
+
     async def _run(self) -> None:
         from functools import partial
 
@@ -304,7 +310,7 @@ class SamFusionWebApp:
             if self.nodes is None:
                 raise SamFusionError("load a case first: the default case, or a CT and an X-ray")
             inputs = read_inputs(self.nodes)  # the scene is read here, on its own thread
-            options = PipelineOptions(view=self.state.sf_view, projection=self.state.sf_projection, slice_step=int(self.state.sf_slice_step),
+            options = PipelineOptions(view=self.state.sf_view, projection=self.state.sf_projection, slice_step=self._slice_step(),
                                       registration=RegistrationOptions(transform=self.state.sf_transform))
             self.stop_placing()
             self._cancel, self._progress = False, ("loading the model", 0.0)

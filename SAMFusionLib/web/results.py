@@ -24,6 +24,8 @@ def report_rows(report: dict) -> list[dict]:
     rows.append({"name": "CT mask voxels", "value": str(report["ct"]["mask_voxels"])})
     rows.append({"name": "X-ray mask pixels", "value": str(report["xray"]["mask_pixels"])})
     rows.append({"name": "CT slices: SAM / interpolated", "value": f"{report['ct']['slices_segmented']} / {report['ct']['slices_interpolated']}"})
+    if report["ct"].get("slice_step") is not None:  # "auto" resolved: the step the run used
+        rows.append({"name": "CT slice step", "value": str(report["ct"]["slice_step"])})
     rows.append({"name": "images encoded in the run", "value": str(report["images_encoded"])})
     rows.append({"name": "pipeline seconds", "value": f"{report['total_s']:.1f}"})
     rows.append({"name": "model", "value": report["model"]["id"]})
