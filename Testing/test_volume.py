@@ -309,6 +309,31 @@ def test_with_a_slice_step_the_slices_the_propagation_lands_on_are_encoded_ahead
         encode_ahead(ahead, volume, geometry, prompts, slice_axis=2, slice_step=0)
 
 
+def test_encoding_ahead_with_auto_takes_the_slices_of_the_step_auto_resolves_to(demo_model, tmp_path):
+    """Along i the ball's slices are 0.8 mm apart, so "auto" is a step of 3: encoding ahead with it
+    caches first the same slices as with 3 (the ones that step lands on), not those of step 1."""
+    from SAMFusionLib.imaging.intensity import resolve_range, to_sam_rgb
+    from SAMFusionLib.sam.embedding_cache import image_key
+    from SAMFusionLib.sam.volume import encode_ahead
+
+    volume, geometry, center_ras = sphere_volume(DIRECTIONS["oblique"], tmp_path)
+    assert resolve_slice_step("auto", geometry, slice_axis=0) == 3
+    low, high = CENTER_IJK - 9, CENTER_IJK + 9
+    corners_ijk = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
+    prompts = VolumePrompts(center_ras[None], np.array([1]), geometry.ijk_to_ras_points(corners_ijk))
+    axes, intensity = SliceAxes(0), resolve_range(volume, "auto")
+    plan = plan_prompts(prompts, geometry, axes)
+    cached = {}
+    for step in ("auto", 3, 1):
+        segmenter = Segmenter(demo_model)
+        encode_ahead(segmenter, volume, geometry, prompts, slice_axis=0, slice_step=step, cancelled=lambda s=segmenter: s.images_encoded >= 6)
+        cached[step] = {index for index in range(plan.first, plan.last + 1)
+                        if segmenter.cache.get(image_key(segmenter.cache_id, to_sam_rgb(axes.take(volume, index), intensity)), "cpu") is not None}
+    (seed,) = plan.seeds
+    assert len(cached["auto"]) == 6 and cached["auto"] == cached[3] != cached[1]
+    assert all((index - seed) % 3 == 0 or index in (plan.first, plan.last) for index in cached["auto"])
+
+
 def test_encoding_ahead_stops_between_slices_when_cancelled_and_starts_at_the_seed(demo_model, tmp_path):
     from SAMFusionLib.imaging.intensity import resolve_range, to_sam_rgb
     from SAMFusionLib.sam.embedding_cache import image_key
