@@ -524,6 +524,23 @@ def test_run_on_files_falls_back_on_the_boxes_unless_told_not_to(tmp_path, abdom
         assert report["registration"]["reference"] == reference and report["registration"]["passed"] == (code == 0)
 
 
+def test_run_says_when_sam_skipped_ct_slices(tmp_path, capsys):
+    """With a slice step above 1 the summary names it and the slices filled between SAM's; at 1
+    (the default case's 2.5 mm slices under auto) it adds nothing."""
+    inputs_dir = tmp_path / "inputs"
+    write_case_files(inputs_dir)
+    files = ["run", "--model", "samfusion-demo", "--ct", str(inputs_dir / "CT.nrrd"), "--xray", str(inputs_dir / "X-ray.nrrd"),
+             "--prompts", *[str(inputs_dir / f"{name}.mrk.json") for name in ("CT_points", "CT_ROI", "X-ray_points", "X-ray_ROI")]]
+    assert main([*files, "--slice-step", "2", "--out", str(tmp_path / "two")]) in (0, 3)
+    report = json.loads((tmp_path / "two" / "report.json").read_text())["ct"]
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == (f"  CT: SAM on {report['slices_segmented']} slices, a step of 2 (--slice-step 2), "
+                         f"{report['slices_interpolated']} interpolated") and report["slices_interpolated"] > 0
+    assert main([*files, "--out", str(tmp_path / "auto")]) in (0, 3)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("samfusion run: ")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--ct", "missing.nrrd"], "give both --ct and --xray"),
     (["--prompts", "a.mrk.json"], "--prompts needs --ct and --xray"),

@@ -71,6 +71,10 @@ def cmd_run(args) -> int:
     write_outputs(slicer_core.scene, result, report, out, process_seconds, copies)
     passed = report["registration"]["passed"]
     print(f"samfusion run: {len(report['files'])} files in {out}; registration {'passed' if passed else 'FAILED'}: {report['registration']['reason']}")
+    ct = report["ct"]
+    if ct.get("slice_step", 1) > 1:  # say so when SAM skipped slices (e.g. "auto" on thin slices)
+        print(f"  CT: SAM on {ct['slices_segmented']} slices, a step of {ct['slice_step']} (--slice-step {args.slice_step}), "
+              f"{ct['slices_interpolated']} interpolated")
     if case is not None:
         print(f"  default case: CT Dice {report['case']['ct_dice_vs_truth']:.3f}, X-ray Dice {report['case']['xray_dice_vs_truth']:.3f}, "
               f"TRE {report['case']['registration_tre_mm']:.2f} mm")
