@@ -653,6 +653,7 @@ def test_run_on_a_2d_ct_image_the_papers_case(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert code == 0, report["registration"]["reason"]
     assert report["ct"]["dimensions"] == 2 and report["ct"]["projection"] is None
+    assert report["ct"]["slice_step"] == 1  # auto on one slice, whatever spacing the image's header gives across it
     assert report["registration"]["parameters"]["log_scale"] == 0.0
     assert report["registration"]["prompt_distance_mm"] < 3.0
 

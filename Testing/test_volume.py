@@ -212,6 +212,8 @@ def test_auto_slice_step_keeps_sams_slices_about_3_mm_apart(spacing_mm, expected
     assert resolve_slice_step("auto", geometry, slice_axis=1) == expected
     assert resolve_slice_step("auto", geometry, slice_axis=0) == 4 and resolve_slice_step("auto", geometry, slice_axis=2) == 5
     assert resolve_slice_step(3, geometry, slice_axis=1) == 3
+    one_slice = ImageGeometry(np.diag([0.7, spacing_mm, 1.0, 1.0]), (1, 10, 10))  # a 2D image: its k spacing is a header default
+    assert resolve_slice_step("auto", one_slice, slice_axis=2) == 1
 
 
 @pytest.mark.parametrize("slice_axis, spacing_mm, resolved", [(1, 1.1, 2), (2, 2.0, 1)])

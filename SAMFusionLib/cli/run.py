@@ -72,7 +72,7 @@ def cmd_run(args) -> int:
     passed = report["registration"]["passed"]
     print(f"samfusion run: {len(report['files'])} files in {out}; registration {'passed' if passed else 'FAILED'}: {report['registration']['reason']}")
     ct = report["ct"]
-    if ct.get("slice_step", 1) > 1:  # say so when SAM skipped slices (e.g. "auto" on thin slices)
+    if ct["slice_step"] > 1:  # say so when SAM skipped slices (e.g. "auto" on thin slices)
         print(f"  CT: SAM on {ct['slices_segmented']} slices, a step of {ct['slice_step']} (--slice-step {args.slice_step}), "
               f"{ct['slices_interpolated']} interpolated")
     if case is not None:

@@ -164,10 +164,13 @@ def check_slice_step(slice_step) -> None:
 
 def resolve_slice_step(slice_step, geometry: ImageGeometry, slice_axis: int) -> int:
     """The slices per SAM step along IJK ``slice_axis``: ``slice_step`` itself, or for "auto" the most
-    that keeps SAM's slices at most ``AUTO_STEP_MM`` apart (at least 1)."""
+    that keeps SAM's slices at most ``AUTO_STEP_MM`` apart (at least 1; 1 for a single slice, e.g. a
+    2D CT image, whose spacing across it means nothing)."""
     check_slice_step(slice_step)
     if slice_step != "auto":
         return int(slice_step)
+    if SliceAxes(slice_axis).count(geometry.shape_kji) == 1:
+        return 1
     return max(1, math.floor(AUTO_STEP_MM / float(geometry.spacing_mm[slice_axis]) + 1e-6))
 
 
