@@ -34,6 +34,7 @@ from SAMFusionLib.imaging.geometry import ImageGeometry, check_pixel_inside, cli
 from SAMFusionLib.imaging.grid2d import resample_onto
 from SAMFusionLib.imaging.intensity import check_finite_nonconstant, resolve_range, to_sam_rgb
 from SAMFusionLib.imaging.plane import Plane, linear_from_fixed_ras
+from SAMFusionLib.registration.confirm import confirmed
 from SAMFusionLib.registration.prompt_shapes import prompt_box_masks, to_fixed_plane
 from SAMFusionLib.registration.radiograph import Radiograph, perspective_for, project_ct, project_ct_perspective, resample, view_geometry
 from SAMFusionLib.registration.register import RegistrationOptions, RegistrationResult, register_2d
@@ -236,7 +237,8 @@ def run_pipeline(
     check_prompts_agree(registration, inputs, fixed, perspective)
     registration.report["reference"] = "SAM masks"
     if not registration.passed and options.box_fallback:
-        registration = _register_on_prompt_boxes(registration, inputs, fixed, moving, perspective, options, during_registration)
+        on_boxes = _register_on_prompt_boxes(registration, inputs, fixed, moving, perspective, options, during_registration)
+        registration = _confirmed_by_boxes(registration, on_boxes, fixed, xray_mask, moving_grid, options) or on_boxes
     lap("register")
 
     # 5. Resample, and express the transform in RAS.
@@ -298,6 +300,20 @@ def _register_on_prompt_boxes(failed: RegistrationResult, inputs: PipelineInputs
     retry.reason = f"on the prompt boxes, because SAM's masks failed ({failed.reason}); {retry.reason}"
     retry.report.update(reason=retry.reason, reference="prompt boxes", sam_masks_failure=failed.reason)
     return retry
+
+
+def _confirmed_by_boxes(on_masks: RegistrationResult, on_boxes: RegistrationResult, fixed: Radiograph, xray_mask: np.ndarray,
+                        moving_grid, options: PipelineOptions) -> RegistrationResult | None:
+    """The registration on SAM's masks, passed after all, when it missed only the mask Dice threshold,
+    its prompts agree, and the prompt boxes' registration confirms it (``confirm.confirmed``); else None.
+    Measured on the abdomen CT (default model, seeds 0-3): three such results at 0.19-0.54 mm from
+    the known transform instead of the boxes' 0.23-0.76 mm."""
+    if on_boxes is on_masks or on_masks.report.get("prompt_distance_mm", np.inf) > on_masks.report.get("prompt_tolerance_mm", 0.0):
+        return None
+    result = confirmed(on_masks, on_boxes, fixed.mask, fixed.plane.grid(), xray_mask, moving_grid, options.registration, "the prompt boxes")
+    if result is None and "confirmation_distance_mm" in on_masks.report:
+        on_boxes.report["sam_masks_confirmation_distance_mm"] = on_masks.report["confirmation_distance_mm"]
+    return result
 
 
 def check_prompts_agree(registration: RegistrationResult, inputs: PipelineInputs, fixed: Radiograph, perspective=None) -> None:

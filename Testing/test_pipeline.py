@@ -81,16 +81,22 @@ MASK_FAILURES = ("mask Dice after registration", "not the same target")
 def test_abdomen_ct_end_to_end_with_the_default_model(shared_data, default_model):
     """The fine-tuned LiteMedSAM segments the non-contrast kidney in the CT (Dice measured 0.899 with
     the folded encoder, 0.905 before; 0.82 with the previous heads, 0.4 for the demo model) and the
-    registration lands within 1 mm; ``report.json`` says which reference it stood on (measured over
-    seeds 0-3: SAM's masks once, the prompt boxes three times, 0.23-0.99 mm: the X-ray masks of that
-    faint kidney stay the weak part)."""
+    registration stands on SAM's masks within 1 mm. The X-ray mask of that faint kidney is the weak
+    part (Dice 0.69 against its true projection on this seed), so the masks overlap with Dice 0.667
+    after an accurate registration, under the check's 0.7: the prompt boxes' registration confirms it
+    (measured 0.39 mm apart over the target; seeds 0-3: TRE 0.54 / 0.99 / 0.29 / 0.19 mm, seed 1 on
+    its own mask Dice, the others confirmed, against 0.76 / 0.99 / 0.23 / 0.55 mm on the boxes)."""
     from SAMFusionLib.cases.shared_data import abdomen_ct
 
     hu, geometry, _, masks = abdomen_ct()
     case = case_from_ct(hu, geometry, masks["kidney_left"], np.random.default_rng(0), nonrigid=False)
     result = run_pipeline(Segmenter(default_model), case.inputs)
     assert dice(result.ct_mask_kji, case.ct_target_mask) >= 0.88
-    assert result.registration.passed and result.registration.report["reference"] in ("SAM masks", "prompt boxes")
+    report = result.registration.report
+    assert result.registration.passed and report["reference"] == "SAM masks"
+    assert report["confirmed_by"] == "the prompt boxes"
+    assert report["confirmation_distance_mm"] <= report["confirmation_tolerance_mm"]
+    assert "agrees with it within" in result.registration.reason
     assert tre_mm(case, result.registration.sitk_transform) < 1.0
 
 

@@ -343,3 +343,19 @@ def test_the_data_folder_is_the_only_place_served(tmp_path):
             uploads.resolve_data_path(folder, name)
     with pytest.raises(SamFusionError, match="started without --data"):
         uploads.resolve_data_path(None, "ct.nii.gz")
+
+
+def test_the_figures_name_a_registration_confirmed_by_the_prompt_boxes():
+    """A result on SAM's masks that the prompt boxes' registration confirmed shows it, with the distance."""
+    from SAMFusionLib.web.results import report_rows
+
+    registration = {"reference": "SAM masks", "confirmed_by": "the prompt boxes", "confirmation_distance_mm": 0.392,
+                    "dice_after": 0.667, "prompt_distance_mm": 16.09}
+    report = {"registration": registration, "ct": {"mask_voxels": 900, "slices_segmented": 30, "slices_interpolated": 0, "slice_step": 1},
+              "xray": {"mask_pixels": 600}, "images_encoded": 31, "total_s": 20.0, "model": {"id": "samfusion-lite"}}
+    rows = {row["name"]: row["value"] for row in report_rows(report)}
+    assert rows["registered on"] == "SAM masks" and rows["confirmed by"] == "the prompt boxes"
+    assert rows["distance to the boxes' result (mm)"] == "0.3920" and rows["mask Dice after"] == "0.6670"
+    # Not confirmed (passed on its own): no such rows.
+    del registration["confirmed_by"], registration["confirmation_distance_mm"]
+    assert "confirmed by" not in {row["name"] for row in report_rows(report)}

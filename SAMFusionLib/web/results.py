@@ -9,14 +9,14 @@ from pathlib import Path
 
 from SAMFusionLib.errors import SamFusionError
 
-ROW_NAMES = {"reference": "registered on", "match_loss_before": "Match_Loss before", "match_loss_after": "Match_Loss after",
+ROW_NAMES = {"reference": "registered on", "confirmed_by": "confirmed by", "confirmation_distance_mm": "distance to the boxes' result (mm)", "match_loss_before": "Match_Loss before", "match_loss_after": "Match_Loss after",
              "dice_before": "mask Dice before", "dice_after": "mask Dice after", "prompt_distance_mm": "prompt distance (mm)"}
 
 
 def report_rows(report: dict) -> list[dict]:
     """The figures the page lists, as (name, value) rows, from ``report.json``'s content."""
     registration, rows = report["registration"], []
-    for key in ("reference", "match_loss_before", "match_loss_after", "dice_before", "dice_after", "prompt_distance_mm"):
+    for key in ("reference", "confirmed_by", "confirmation_distance_mm", "match_loss_before", "match_loss_after", "dice_before", "dice_after", "prompt_distance_mm"):
         if registration.get(key) is not None:
             value = registration[key]
             text = ("no overlap" if value == float("inf") else f"{value:.4f}") if isinstance(value, float) else str(value)
