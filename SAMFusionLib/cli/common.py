@@ -128,7 +128,8 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                         help="run SAM on every Nth CT slice and interpolate the others; default auto: SAM's slices about 3 mm "
                              "apart (every slice of a CT of 3 mm slices or more, every second of 1.5 mm ones); 1: every slice")
     parser.add_argument("--no-box-fallback", action="store_true",
-                        help="report a registration on SAM's masks that fails as failed, without retrying on the prompt boxes")
+                        help="report a registration on SAM's masks that fails as failed, without retrying on the prompt boxes "
+                             "(whose result can also confirm one that missed only the mask Dice threshold)")
 
 
 def slice_step_arg(text: str):

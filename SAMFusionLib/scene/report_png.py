@@ -94,7 +94,7 @@ def render_report(result: PipelineResult) -> np.ndarray:
         _panel(cv2.cvtColor(checkerboard(fixed, result.xray_registered).astype(np.uint8), cv2.COLOR_GRAY2BGR),
                f"after: Dice {verdict.get('dice_after', float('nan')):.2f} {'PASS' if verdict['passed'] else 'FAIL'}"
                + (" (on the boxes)" if verdict.get("reference") == "prompt boxes" else "")
-               + (" (confirmed by the boxes)" if verdict.get("confirmed_by") else "")),
+               + (" (boxes agree)" if verdict.get("confirmed_by") else "")),
         _panel(cv2.cvtColor(np.clip(result.fused, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR), "fused"),
     ]
     return np.vstack([np.hstack(top), np.hstack(bottom)])
