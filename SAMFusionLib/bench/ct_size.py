@@ -105,6 +105,7 @@ def quality(case, files: dict, cache: Path, model, slice_step: int | str) -> dic
         "ct_dice": round(dice(result.ct_mask_kji, case.ct_target_mask), 4),
         "tre_mm": round(landmark_tre_mm(result.registration.sitk_transform, files["truth"]), 3),
         "reference": result.registration.report["reference"],
+        "confirmed_by": result.registration.report.get("confirmed_by"),  # see registration/confirm.py
         "passed": bool(result.registration.passed),
         "images_encoded": result.report["images_encoded"],
     }
@@ -163,7 +164,7 @@ def format_table(figures: dict) -> str:
     for size, row in figures["sizes"].items():
         voxels = " × ".join(str(n) for n in row["ct_voxels"])
         spacing = " × ".join(f"{s:g}" for s in row["ct_spacing_mm"])
-        verdict = row["reference"] + ("" if row["passed"] else ", failed")
+        verdict = row["reference"] + (f", confirmed by {row['confirmed_by']}" if row.get("confirmed_by") else "") + ("" if row["passed"] else ", failed")
         lines.append(
             f"| {size} | {voxels} | {spacing} | {row['xray_px'][0]} × {row['xray_px'][1]} | {row['slices_segmented']} ({row['slice_step_used']}) | {row['cold_s']:.1f} "
             f"| {row['cold_images_encoded']} | {row['cold_timings_s']['segment CT']:.1f} | {row['cold_peak_rss_gib']:.2f} | {row['again_s']:.1f} "

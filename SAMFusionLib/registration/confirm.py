@@ -7,7 +7,8 @@ three registrations on SAM's masks failed it with mask Dice 0.57-0.67 while land
 from the known transform. A second registration that shares nothing with the masks (the user's
 prompt boxes) tells a right one from a wrong one: over the target, those three and the prompt
 boxes' results were 0.33-0.56 mm apart at most; the demo model's wrong alignments of the same
-cases were 98-193 mm apart.
+cases were 98-193 mm apart, and on a clinical-size copy of that CT a result 11.7 mm off, whose
+mask Dice (0.503) and prompts had passed, was 15.8 mm from the boxes' result (one pixel: 0.71 mm).
 
 Transforms are SimpleITK transforms mapping fixed points to moving points (ITK's resampling
 convention); masks are (H, W) bool on their ``Grid2D``.
