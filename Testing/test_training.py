@@ -13,7 +13,7 @@ from SAMFusionLib.sam.models import build_sam, load_table
 from SAMFusionLib.training.datasets import make_sources
 from SAMFusionLib.training.losses import dice_loss, focal_loss, mask_iou
 from SAMFusionLib.training.prompts_sim import correction_click, jittered_box, loosened_box, simulate
-from SAMFusionLib.training.train import TrainConfig, evaluate, train, validation_set
+from SAMFusionLib.training.train import LITE_CONFIG, TrainConfig, evaluate, train, validation_set
 
 
 def test_focal_loss_by_hand():
@@ -87,3 +87,37 @@ def test_short_training_lowers_validation_loss(tmp_path):
     # Resuming continues from the saved step instead of starting again.
     more = train(replace(config, steps=44), tmp_path, sources, resume=True, log=lambda _: None)
     assert more["step"] == 44
+
+
+def test_the_encoder_cut_before_its_last_stage_gives_the_whole_encoders_embeddings(default_model):
+    from SAMFusionLib.training.encoder_tail import is_tinyvit, tail, trunk
+
+    encoder = default_model.sam.image_encoder
+    images = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        tokens = trunk(encoder, images)
+        assert tokens.shape == (1, 64 * 64, 320)  # what enters LiteMedSAM's last stage
+        assert torch.equal(tail(encoder, tokens), encoder(images))
+    assert is_tinyvit(encoder) and not is_tinyvit(build_sam(load_table().architectures["samfusion_tiny"]).image_encoder)
+
+
+def test_a_last_stage_fine_tuning_trains_only_that_stage_the_neck_and_the_heads(tmp_path, capsys):
+    """Two steps on a pool of what enters the last stage: the stage, the neck and the heads move,
+    the rest of the encoder stays bit for bit."""
+    from SAMFusionLib.cli.main import main
+    from SAMFusionLib.sam.models import load_model, read_state_dict
+
+    before = {k: v.clone() for k, v in load_model("lite_medsam").sam.state_dict().items()}
+    config = replace(LITE_CONFIG, trainable="last-stage", steps=2, batch_size=1, pool_size=2, val_size=2, warmup_steps=1, sources=["phantom"], device="cpu")
+    train(config, tmp_path / "run", make_sources(config.sources), resume=False, log=lambda _: None)
+    after = read_state_dict(tmp_path / "run" / "final.pth")
+    assert after.keys() == before.keys()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    trained = ("image_encoder.layers.3.", "image_encoder.neck.", "prompt_encoder.", "mask_decoder.")
+    assert any(k.startswith("image_encoder.layers.3.") for k in moved) and any(k.startswith("image_encoder.neck.") for k in moved)
+    assert all(k.startswith(trained) for k in moved), sorted(k for k in moved if not k.startswith(trained))
+    # The demo architecture has no TinyViT to cut: one line, before anything is written.
+    capsys.readouterr()
+    assert main(["train", "--trainable", "last-stage", "--steps", "1", "--pool-size", "2", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip() == "samfusion: error: trainable 'last-stage' needs a TinyViT encoder (LiteMedSAM) and a pool"
+    assert not (tmp_path / "demo").exists()

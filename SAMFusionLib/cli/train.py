@@ -25,9 +25,10 @@ def run_training(args) -> int:
     config = replace(config, device=args.device, **{k: v for k, v in overrides.items() if v is not None})
     figures = train(config, args.out, make_sources(config.sources), resume=not args.no_resume)
     if args.export:
-        # The final model (end of the cosine schedule) is exported: deterministic for a given recipe.
+        # The final model (end of the cosine schedule) is exported: deterministic for a given recipe. A
+        # fine-tuning of the encoder's last stage changed more than the heads: its whole state dict goes.
         final = Path(args.out) / "final.pth"
-        if config.base is not None:
+        if config.base is not None and config.trainable != "last-stage":
             export_heads(final, args.export)
         else:
             shutil.copyfile(final, args.export)
@@ -59,7 +60,8 @@ def add_parser(commands) -> None:
     train.add_argument("--lr", type=float)
     train.add_argument("--arch", help="architecture to train (default samfusion_tiny)")
     train.add_argument("--init", type=Path, help="checkpoint to start from (fine-tuning)")
-    train.add_argument("--trainable", choices=["all", "heads", "decoder"], help="heads: prompt encoder + mask decoder")
+    train.add_argument("--trainable", choices=["all", "heads", "decoder", "last-stage"],
+                       help="heads: prompt encoder + mask decoder; last-stage: the heads and LiteMedSAM's last encoder stage and neck")
     train.add_argument("--source", action="append", help="phantom, phantom-ct, phantom-xray, shared-lungs, shared-stones, shared-kidneys, or IMAGES_DIR:MASKS_DIR")
     train.add_argument("--loose-boxes", type=float, metavar="P", help="share of box prompts loosened like a user's ROI (0..1)")
     train.add_argument("--seed", type=int)

@@ -23,7 +23,8 @@ class EmbeddingPool:
     """Embeddings of distinct images and the targets drawn on them.
 
     Attributes:
-        embeddings: one (1, C, h, w) float16 tensor per distinct image (on the CPU).
+        embeddings: one (1, C, h, w) float16 tensor per distinct image (on the CPU), or (1, tokens, C)
+            when the pool stores what enters the encoder's last stage.
         targets: (embedding index, (S, S) bool target on the padded model input grid) per sample.
         samples: the drawn ((H, W, 3) uint8, (H, W) bool) samples, kept only when asked for.
     """
@@ -49,9 +50,16 @@ def build_pool(
     batch_size: int = 4,
     keep_samples: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    encode: Callable | None = None,
 ) -> EmbeddingPool:
-    """Encode the distinct images of ``samples`` (``prepare(sam, rgb, mask) -> (image tensor, target)``)."""
+    """Encode the distinct images of ``samples`` (``prepare(sam, rgb, mask) -> (image tensor, target)``).
+
+    ``encode``: (B, 3, S, S) inputs -> what to store per image (default the whole image encoder; a
+    fine-tuning of the encoder's last stage stores what enters it, ``encoder_tail.trunk``).
+    """
     import torch
+
+    encode = encode or sam.image_encoder
 
     pool = EmbeddingPool(samples=list(samples) if keep_samples else [])
     index_of: dict[str, int] = {}
@@ -61,7 +69,7 @@ def build_pool(
         if not pending:
             return
         with torch.inference_mode():
-            features = sam.image_encoder(torch.stack([image for _, image in pending]).to(device))
+            features = encode(torch.stack([image for _, image in pending]).to(device))
         for (key, _), feature in zip(pending, features):
             index_of[key] = len(pool.embeddings)
             pool.embeddings.append(feature[None].to("cpu", torch.float16))

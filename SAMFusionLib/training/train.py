@@ -19,6 +19,7 @@ import numpy as np
 from SAMFusionLib.errors import SamFusionError
 from SAMFusionLib.imaging.atomic import atomic_path
 from SAMFusionLib.training.datasets import DEMO_SOURCES
+from SAMFusionLib.training.encoder_tail import is_tinyvit, tail, tail_modules, trunk
 from SAMFusionLib.training.losses import dice_loss, sam_loss
 from SAMFusionLib.training.prompts_sim import correction_click, simulate
 
@@ -35,7 +36,8 @@ class TrainConfig:
     lr: float = 4e-4
     weight_decay: float = 0.01
     warmup_steps: int = 50
-    trainable: str = "all"  # "all", "heads" (prompt encoder + mask decoder) or "decoder"
+    trainable: str = "all"  # "all", "heads" (prompt encoder + mask decoder), "decoder", or "last-stage" (heads + TinyViT's last stage and neck)
+    encoder_lr_factor: float = 0.1  # "last-stage": the encoder's learning rate, relative to ``lr``
     pool_size: int = 0  # > 0: a frozen encoder's embeddings of this many samples, computed once (``pool``)
     focal_weight: float = 20.0
     dice_weight: float = 1.0
@@ -163,10 +165,12 @@ def validation_set(sources, config: TrainConfig) -> list[tuple[Sample, dict]]:
     return [((rgb, mask), simulate(mask, rng, config.loose_box_probability)) for rgb, mask in _batch(sources, rng, config.val_size)]
 
 
-def evaluate(sam, val: list[tuple[Sample, dict]], config: TrainConfig, device: str, embeddings: list | None = None) -> dict:
+def evaluate(sam, val: list[tuple[Sample, dict]], config: TrainConfig, device: str, embeddings: list | None = None,
+             from_pool: Callable = lambda pooled: pooled) -> dict:
     """Mean loss and mean Dice of the model on a fixed validation set, prompts without correction.
 
-    ``embeddings``: the samples' (1, C, h, w) image embeddings when the encoder is frozen (computed once).
+    ``embeddings``: the samples' pooled encoder outputs when (part of) the encoder is frozen (computed
+    once); ``from_pool`` turns one into the (1, C, h, w) image embedding.
     """
     import torch
 
@@ -181,7 +185,7 @@ def evaluate(sam, val: list[tuple[Sample, dict]], config: TrainConfig, device: s
                 "labels": prompt["labels"],
                 "box": None if prompt["box"] is None else prompt["box"] * scale,
             }
-            embedding = sam.image_encoder(image[None].to(device)) if embeddings is None else embeddings[number].float().to(device)
+            embedding = sam.image_encoder(image[None].to(device)) if embeddings is None else from_pool(embeddings[number].float().to(device))
             single = scaled["box"] is None and len(scaled["points"]) == 1
             logits, iou, _ = decode(sam, embedding, scaled, multimask=single)
             best = int(iou[0].argmax())
@@ -225,7 +229,6 @@ def train(
     from SAMFusionLib.training.pool import build_pool
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(config.device)
     torch.manual_seed(config.seed)
     table = load_table()
@@ -237,15 +240,30 @@ def train(
         sam = build_sam(table.architectures[config.architecture]).to(device)
     if config.init_checkpoint:
         sam.load_state_dict(read_state_dict(Path(config.init_checkpoint)))
-    frozen = {"all": (), "heads": (sam.image_encoder,), "decoder": (sam.image_encoder, sam.prompt_encoder)}
+    frozen = {"all": (), "heads": (sam.image_encoder,), "decoder": (sam.image_encoder, sam.prompt_encoder), "last-stage": (sam.image_encoder,)}
     if config.trainable not in frozen:
-        raise SamFusionError("trainable must be 'all', 'heads' or 'decoder'")
+        raise SamFusionError("trainable must be 'all', 'heads', 'decoder' or 'last-stage'")
     if config.pool_size and config.trainable == "all":
-        raise SamFusionError("an embedding pool needs a frozen encoder: trainable 'heads' or 'decoder'")
+        raise SamFusionError("an embedding pool needs a frozen encoder: trainable 'heads', 'decoder' or 'last-stage'")
+    last_stage = config.trainable == "last-stage"
+    if last_stage and not (config.pool_size and is_tinyvit(sam.image_encoder)):
+        raise SamFusionError("trainable 'last-stage' needs a TinyViT encoder (LiteMedSAM) and a pool")
     for module in frozen[config.trainable]:
         module.requires_grad_(False)
-    parameters = [p for p in sam.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    encoder_tail = tail_modules(sam.image_encoder) if last_stage else ()
+    for module in encoder_tail:
+        module.requires_grad_(True)
+    tail_parameters = [p for module in encoder_tail for p in module.parameters()]
+    heads_parameters = [p for p in sam.parameters() if p.requires_grad and all(p is not q for q in tail_parameters)]
+    parameters = heads_parameters + tail_parameters
+    groups = [{"params": heads_parameters, "factor": 1.0}] + ([{"params": tail_parameters, "factor": config.encoder_lr_factor}] if last_stage else [])
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+    out_dir.mkdir(parents=True, exist_ok=True)  # after the checks above: a refused run writes nothing
+
+    def from_pool(pooled):
+        """The image embeddings of pooled encoder outputs: the last stage and neck run on them when trained."""
+        return tail(sam.image_encoder, pooled) if last_stage else pooled
 
     def lr_at(step: int) -> float:
         warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
@@ -270,19 +288,21 @@ def train(
 
         with tqdm(total=config.pool_size, desc="encoding", unit="image") as bar:
             samples = _batch(sources, np.random.default_rng([config.seed, 2 * 10**6]), config.pool_size)
-            pool = build_pool(sam, samples, _prepare, device, progress=lambda done, total: bar.update(done - bar.n))
-        val_embeddings = build_pool(sam, [sample for sample, _ in val], _prepare, device).batch(range(len(val)), "cpu")[0].split(1)
+            encode = (lambda images: trunk(sam.image_encoder, images)) if last_stage else None
+            pool = build_pool(sam, samples, _prepare, device, progress=lambda done, total: bar.update(done - bar.n), encode=encode)
+        val_embeddings = build_pool(sam, [sample for sample, _ in val], _prepare, device, encode=encode).batch(range(len(val)), "cpu")[0].split(1)
     figures = history[-1] if history else {}
     running = []
     for step in _steps(config, start):
         sam.train()
         for module in frozen[config.trainable]:
-            module.eval()  # a frozen encoder keeps its BatchNorm statistics (TinyViT has them)
+            module.eval()  # a frozen encoder keeps its BatchNorm statistics (TinyViT has them); so does its trained last stage
         rng = np.random.default_rng([config.seed, step])
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr_at(step) * group.get("factor", 1.0)
         if pool is not None:
-            embeddings, targets = pool.batch(rng.integers(len(pool.targets), size=config.batch_size), device)
+            pooled, targets = pool.batch(rng.integers(len(pool.targets), size=config.batch_size), device)
+            embeddings = from_pool(pooled)
         else:
             prepared = [_prepare(sam, rgb, mask) for rgb, mask in _batch(sources, rng, config.batch_size)]
             images = torch.stack([image for image, _ in prepared]).to(device)
@@ -295,7 +315,7 @@ def train(
         optimizer.step()
         running.append(float(loss.detach()))
         if (step + 1) % config.val_every == 0 or step + 1 == config.steps:
-            figures = {"step": step + 1, "train_loss": float(np.mean(running)), **evaluate(sam, val, config, device, val_embeddings)}
+            figures = {"step": step + 1, "train_loss": float(np.mean(running)), **evaluate(sam, val, config, device, val_embeddings, from_pool)}
             running = []
             history.append(figures)
             log(json.dumps(figures))
