@@ -214,6 +214,7 @@ def test_the_slice_step_chosen_on_the_page_reaches_the_pipeline(page):
     interpolated slices (0 at the default, auto: 1 on this CT of 2.5 mm slices) and name the step."""
     page.click("#sf-load-default")
     page.wait_for_function("document.querySelector('#sf-scene').innerText.includes('2 volumes, 0 segmentations')", timeout=60000)
+    page.wait_for_selector("#sf-verdict", state="hidden", timeout=60000)  # loading cleared the previous run's verdict
     page.locator(".v-field", has=page.locator("#sf-slice-step")).click()  # the select's field opens its menu
     page.locator(".v-overlay .v-list-item", has_text="3").first.click()
     wait_for_state(page, "sf_slice_step", 3, 30)
@@ -228,6 +229,31 @@ def test_the_slice_step_chosen_on_the_page_reaches_the_pipeline(page):
     wait_for_state(page, "sf_slice_step", "auto", 30)
 
 
+def test_the_run_takes_the_choices_sent_with_it_and_refuses_one_not_offered(page):
+    """The Run button sends the page's choices with its click. trame holds back a state change while
+    it is busy and sends a click at once, so a choice made just before Run could miss the run (seen
+    under load: a run at the previous slice step). A choice not offered is refused in one line."""
+    page.click("#sf-load-default")
+    page.wait_for_function("document.querySelector('#sf-scene').innerText.includes('2 volumes, 0 segmentations')", timeout=60000)
+    page.wait_for_selector("#sf-verdict", state="hidden", timeout=60000)
+    assert page.evaluate("() => window.trame.state.get('sf_slice_step')") == "auto"
+    call(page, "sf_run", "samfusion-demo", "affine", "AP", "parallel", 2)  # never set in the state beforehand
+    page.wait_for_selector("#sf-verdict:visible", timeout=300000)
+    rows = dict(line.split("\t") for line in page.inner_text("#sf-report").splitlines())
+    assert rows["CT slice step"] == "2" and int(rows["CT slices: SAM / interpolated"].split(" / ")[1]) >= 10
+    wait_for_state(page, "sf_slice_step", 2, 30)  # and the page shows what the run used
+    before = page.inner_text("#sf-scene")
+    for choices, message in ((("samfusion-demo", "affine", "AP", "parallel", 7), "slice step 7 is not one of auto, 1, 2, 3, 4"),
+                             (("no-such-model",), "model 'no-such-model' is not one of"),
+                             (("samfusion-demo", "nonrigid", "AP", "parallel", "auto", "extra"), "Run takes at most 5 choices, got 6")):
+        call(page, "sf_run", *choices)
+        page.wait_for_function("(text) => document.querySelector('#sf-message').textContent.includes(text)", arg=message, timeout=30000)
+        assert page.inner_text("#sf-scene") == before and not page.evaluate("() => window.trame.state.get('sf_running')")
+    for name, value in (("sf_slice_step", "auto"), ("sf_transform", "nonrigid")):  # back for the tests that follow
+        page.evaluate("([name, value]) => window.trame.state.set(name, value)", [name, value])
+        wait_for_state(page, name, value, 30)
+
+
 def test_with_encoding_ahead_turned_off_the_run_encodes_its_images_itself(page):
     """Turned off, nothing is encoded before the Run. In the lateral view, whose CT slices no earlier
     test's run has seen, the Run then encodes them itself."""
@@ -237,6 +263,7 @@ def test_with_encoding_ahead_turned_off_the_run_encodes_its_images_itself(page):
     wait_for_state(page, "sf_view", "LAT", 30)
     page.click("#sf-load-default")
     page.wait_for_function("document.querySelector('#sf-scene').innerText.includes('2 volumes, 0 segmentations')", timeout=60000)
+    page.wait_for_selector("#sf-verdict", state="hidden", timeout=60000)
     time.sleep(1.0)
     assert page.inner_text("#sf-ahead").strip() == ""
     page.click("#sf-run")

@@ -18,6 +18,7 @@ def build_page(app):
     ctrl.trigger("sf_upload_ct")(lambda files: app.upload("ct", files))
     ctrl.trigger("sf_upload_xray")(lambda files: app.upload("xray", files))
     ctrl.trigger("sf_load_data")(app.load_data)
+    ctrl.trigger("sf_run")(app.run)
     ctrl.trigger("sf_download")(app.download)
     with SinglePageWithDrawerLayout(server) as layout:
         client.Style("html { overflow-y: auto; } .sf-views { height: calc(100vh - 64px); }")
@@ -60,7 +61,8 @@ def build_page(app):
                 v.VCheckbox(label="Encode the images while I place prompts", v_model=("sf_encode_ahead",), density="compact",
                             id="sf-encode-ahead", disabled=("sf_running",), hide_details=True)
                 with html.Div(classes="d-flex ga-2 mt-2"):
-                    v.VBtn("Run", id="sf-run", color="primary", click=app.run, disabled=("sf_running",))
+                    v.VBtn("Run", id="sf-run", color="primary", click="trigger('sf_run', [sf_model, sf_transform, sf_view, sf_projection, sf_slice_step])",
+                          disabled=("sf_running",))
                     v.VBtn("Cancel", id="sf-cancel", click=app.cancel, v_show="sf_running")
                 v.VProgressLinear(model_value=("sf_progress",), v_show="sf_running", height=8, id="sf-progress")
                 html.Div("{{ sf_step }}", v_show="sf_running", classes="text-caption")
