@@ -21,6 +21,7 @@ from pathlib import Path
 from SAMFusionLib.errors import Cancelled, SamFusionError
 from SAMFusionLib.scene.run import SceneInputs
 from SAMFusionLib.web import uploads
+from SAMFusionLib.web.choices import RUN_CHOICES, run_choices
 from SAMFusionLib.web.page import three_views
 from SAMFusionLib.web.results import ErrorsToPage, report_rows, zip_folder
 
@@ -289,30 +290,11 @@ class SamFusionWebApp:
         self._cancel = True
 
     def run(self, *choices) -> None:
-        """Start a run and return at once: the page's next messages (Cancel) are handled meanwhile.
-
-        ``choices``: the page's (model, transform, view, projection, slice step) as it sends them
-        with the click. A choice made just before the click may not be in the server's state yet
-        (trame sends a trigger without waiting for state changes it holds back while busy): the run
-        would use the previous one."""
+        """Start a run and return at once (Cancel stays live), with the choices the click sends (``web.choices``)."""
         if not self.state.sf_running and (self._task is None or self._task.done()):
             with self._reporting_errors():
-                self._take_choices(choices)
+                self.state.update(run_choices(choices, {name: self.state[f"{name}s"] for name in RUN_CHOICES}))
                 self._task = asyncio.get_event_loop().create_task(self._run())
-
-    def _take_choices(self, choices: tuple) -> None:
-        """Set the page's choices sent with Run into the state, each checked against its list."""
-        names = ("sf_model", "sf_transform", "sf_view", "sf_projection", "sf_slice_step")
-        if len(choices) > len(names):
-            raise SamFusionError(f"Run takes at most {len(names)} choices, got {len(choices)}")
-        offered = {"sf_model": self.state.sf_models, "sf_transform": self.state.sf_transforms, "sf_view": self.state.sf_views,
-                   "sf_projection": self.state.sf_projections, "sf_slice_step": self.state.sf_slice_steps}
-        chosen = {}
-        for name, value in zip(names, choices):
-            if not any(value == item for item in offered[name]):
-                raise SamFusionError(f"{name.removeprefix('sf_').replace('_', ' ')} {value!r} is not one of {', '.join(map(str, offered[name]))}")
-            chosen[name] = value
-        self.state.update(chosen)
 
     def _slice_step(self):
         """The page's "SAM on every Nth CT slice" as the pipeline takes it: "auto" or N (a number
